@@ -247,9 +247,13 @@ proptest! {
                 }
             }
             prop_assert!(state.check_full().is_ok(), "{:?}", state.check_full());
-            let v: StockView = state.view(now);
-            prop_assert_eq!((v.on_hand, v.reserved, v.available), model.view(now));
-            prop_assert!(v.reserved <= v.on_hand);
+            // Views look ahead too: holds due later must count as expired exactly from then on.
+            for ahead in [0u64, 1, 7, 30, 61] {
+                let v: StockView = state.view(now + ahead);
+                prop_assert_eq!((v.on_hand, v.reserved, v.available), model.view(now + ahead));
+                prop_assert!(v.reserved <= v.on_hand);
+            }
+            let v = state.view(now);
             prop_assert_eq!(v.version as usize, journal.len());
         }
         prop_assert_eq!(&replay(&journal), &state);
