@@ -1,0 +1,10 @@
+//! Durable state on SQLite: the journal, key snapshots, order records, the group-commit writer,
+//! backup and restore. Nothing here knows about actors, HTTP or the cluster.
+
+pub mod backup;
+pub mod codec;
+pub mod store;
+pub mod writer;
+
+pub use store::{LoadedKey, StorageError};
+pub use writer::{Request, Writer, WriterHandle};
