@@ -9,6 +9,7 @@
 //!
 //! See `ARCHITECTURE.md` for how a reservation flows through them.
 
+pub mod actors;
 pub mod domain;
 pub mod limits;
 pub mod persistence;

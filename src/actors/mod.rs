@@ -1,0 +1,110 @@
+//! The actor shell: stock actors (one per key), the router that activates and passivates them,
+//! the order coordinator, and `Node`, the façade the API calls.
+
+pub mod clock;
+pub mod order;
+pub mod router;
+pub mod stock;
+
+use crate::domain::{Command, Outcome, StockKey, StockView};
+use crate::persistence::{StorageError, WriterHandle};
+use ractor::ActorRef;
+use router::RouterMsg;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use stock::StockMsg;
+use tokio::sync::{oneshot, Semaphore};
+
+/// Failures of the node itself (not business rejections, which are `Outcome`s).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The key's actor stopped before answering; the request was not applied. Retry.
+    #[error("the key's actor was restarting; retry")]
+    Unavailable,
+    /// Too many requests in flight on this node.
+    #[error("node overloaded; retry later")]
+    Overloaded,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// The node as the API sees it: cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct Node {
+    router: ActorRef<RouterMsg>,
+    writer: WriterHandle,
+    permits: Arc<Semaphore>,
+    admission_wait: Duration,
+    ready: Arc<AtomicBool>,
+    clock: Arc<dyn clock::Clock>,
+}
+
+impl Node {
+    pub fn new(
+        router: ActorRef<RouterMsg>,
+        writer: WriterHandle,
+        max_in_flight: usize,
+        clock: Arc<dyn clock::Clock>,
+    ) -> Self {
+        Self {
+            router,
+            writer,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            admission_wait: Duration::from_secs(1),
+            ready: Arc::new(AtomicBool::new(false)),
+            clock,
+        }
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Runs one command on its key's actor; answers once the result is durable.
+    pub async fn execute(&self, key: StockKey, command: Command) -> Result<Outcome, ServiceError> {
+        self.ask(key, |reply| StockMsg::Apply { command, reply }).await
+    }
+
+    /// Reads one key; shows only durable state (C4).
+    pub async fn read(&self, key: StockKey) -> Result<StockView, ServiceError> {
+        self.ask(key, |reply| StockMsg::Read { reply }).await
+    }
+
+    async fn ask<T>(&self, key: StockKey, make: impl FnOnce(stock::Reply<T>) -> StockMsg) -> Result<T, ServiceError> {
+        // ractor mailboxes are unbounded; admission is bounded here instead.
+        let permit = tokio::time::timeout(self.admission_wait, self.permits.acquire())
+            .await
+            .map_err(|_| ServiceError::Overloaded)?
+            .map_err(|_| ServiceError::ShuttingDown)?;
+        let (tx, rx) = oneshot::channel();
+        self.router
+            .send_message(RouterMsg::Route { key, msg: make(tx) })
+            .map_err(|_| ServiceError::ShuttingDown)?;
+        let result = rx.await.map_err(|_| ServiceError::Unavailable)?;
+        drop(permit);
+        result
+    }
+
+    pub async fn active_actors(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self.router.send_message(RouterMsg::ActiveCount { reply: tx }).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+}

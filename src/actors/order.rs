@@ -1,0 +1,249 @@
+//! The order coordinator: all-or-nothing reservations across keys.
+//!
+//! Protocol (each `put` is durable before the next step):
+//! 1. `put(Reserving)`; 2. reserve line `i` as `{order}#{i}` at its first warehouse that has
+//! the stock; 3. all held: `put(Reserved)`, answer 201; a line unfillable: release what was held,
+//! `put(Failed)`, answer 409. Commit and release go `Committing`/`Releasing` then the final state.
+//! A crash leaves an order in a `*ing` state; `recover` runs before the node reports ready and
+//! undoes `Reserving` (releases `{order}#{i}` at every candidate warehouse: it cannot know which
+//! reserve landed) and finishes `Committing`/`Releasing`. Every step is idempotent per key (C3),
+//! so re-running any of them is harmless. Holds also expire on their own.
+//!
+//! Requests for one order id are serialized by a per-order lock.
+
+use super::{Node, ServiceError};
+use crate::domain::order::{Order, OrderRequest, OrderStatus, OrderTransition};
+use crate::domain::{Command, OrderId, Outcome, StockKey};
+use crate::persistence::codec;
+use crate::persistence::{Request, StorageError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// What the API gets back for an order request.
+#[derive(Debug)]
+pub enum OrderOutcome {
+    /// The order as recorded; `replay` when nothing new was done.
+    Done { order: Order, replay: bool },
+    /// The order id exists with a different body.
+    IdConflict,
+    /// A line could not be filled; `order` is recorded as failed.
+    LineUnfillable { order: Order, line: usize },
+    /// Commit or release not allowed in the order's current state.
+    InvalidState { order: Order },
+    /// At least one hold had expired before it could be committed.
+    Expired { order: Order, lines: Vec<usize> },
+    NotFound,
+}
+
+#[derive(Clone)]
+pub struct OrderCoordinator {
+    node: Node,
+    locks: Arc<Mutex<HashMap<OrderId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl OrderCoordinator {
+    pub fn new(node: Node) -> Self {
+        Self { node, locks: Arc::default() }
+    }
+
+    async fn lock(&self, id: &OrderId) -> OrderLock {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.clone()).or_default().clone()
+        };
+        let guard = m.clone().lock_owned().await;
+        OrderLock { _guard: guard, id: id.clone(), locks: self.locks.clone(), m }
+    }
+
+    pub async fn get(&self, id: &OrderId) -> Result<Option<Order>, ServiceError> {
+        let _l = self.lock(id).await;
+        self.load(id).await
+    }
+
+    pub async fn reserve(&self, id: OrderId, request: OrderRequest) -> Result<OrderOutcome, ServiceError> {
+        let _l = self.lock(&id).await;
+        if let Some(order) = self.load(&id).await? {
+            if order.request != request {
+                return Ok(OrderOutcome::IdConflict);
+            }
+            return Ok(match order.status {
+                OrderStatus::Failed { line } => OrderOutcome::LineUnfillable { order, line },
+                _ => OrderOutcome::Done { order, replay: true },
+            });
+        }
+        let mut order = Order::new(id, request, self.node.now_ms());
+        self.put(&order).await?;
+        for line in 0..order.request.lines.len() {
+            match self.reserve_line(&mut order, line).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.release_held(&order).await;
+                    order.line_failed(line);
+                    self.put(&order).await?;
+                    return Ok(OrderOutcome::LineUnfillable { order, line });
+                }
+                Err(e) => {
+                    // Unknown how far we got: undo like recovery would; the record says so.
+                    self.undo_reserving(&mut order).await?;
+                    return Err(e);
+                }
+            }
+        }
+        order.all_held();
+        self.put(&order).await?;
+        Ok(OrderOutcome::Done { order, replay: false })
+    }
+
+    /// Tries the line's warehouses in order; `Ok(false)` if none can fill it.
+    async fn reserve_line(&self, order: &mut Order, line: usize) -> Result<bool, ServiceError> {
+        let l = order.request.lines[line].clone();
+        for warehouse in &l.warehouses {
+            let command = Command::Reserve {
+                reservation_id: order.line_reservation(line),
+                qty: l.qty,
+                ttl_ms: order.request.ttl_ms,
+                order_id: Some(order.order_id.clone()),
+            };
+            let key = StockKey::new(l.sku.clone(), warehouse.clone());
+            if let Outcome::Reserved { expires_at_ms, .. } = self.node.execute(key, command).await? {
+                order.line_held(line, warehouse.clone(), expires_at_ms);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub async fn commit(&self, id: &OrderId) -> Result<OrderOutcome, ServiceError> {
+        let _l = self.lock(id).await;
+        let Some(mut order) = self.load(id).await? else { return Ok(OrderOutcome::NotFound) };
+        match order.begin_commit() {
+            OrderTransition::Replay => return Ok(OrderOutcome::Done { order, replay: true }),
+            OrderTransition::Invalid => return Ok(OrderOutcome::InvalidState { order }),
+            OrderTransition::Proceed => {}
+        }
+        self.put(&order).await?;
+        let expired = self.finish_lines(&order, true).await?;
+        order.finished();
+        self.put(&order).await?;
+        if expired.is_empty() {
+            Ok(OrderOutcome::Done { order, replay: false })
+        } else {
+            Ok(OrderOutcome::Expired { order, lines: expired })
+        }
+    }
+
+    pub async fn release(&self, id: &OrderId) -> Result<OrderOutcome, ServiceError> {
+        let _l = self.lock(id).await;
+        let Some(mut order) = self.load(id).await? else { return Ok(OrderOutcome::NotFound) };
+        match order.begin_release() {
+            OrderTransition::Replay => return Ok(OrderOutcome::Done { order, replay: true }),
+            OrderTransition::Invalid => return Ok(OrderOutcome::InvalidState { order }),
+            OrderTransition::Proceed => {}
+        }
+        self.put(&order).await?;
+        self.finish_lines(&order, false).await?;
+        order.finished();
+        self.put(&order).await?;
+        Ok(OrderOutcome::Done { order, replay: false })
+    }
+
+    /// Commits or releases every held line; returns the lines whose hold had expired.
+    async fn finish_lines(&self, order: &Order, commit: bool) -> Result<Vec<usize>, ServiceError> {
+        let mut expired = Vec::new();
+        for (line, key) in order.held_keys() {
+            let reservation_id = order.line_reservation(line);
+            let command = if commit { Command::Commit { reservation_id } } else { Command::Release { reservation_id } };
+            if let Outcome::Expired { .. } = self.node.execute(key, command).await? {
+                expired.push(line);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Best effort: the holds expire anyway if a release fails.
+    async fn release_held(&self, order: &Order) {
+        for (line, key) in order.held_keys() {
+            let command = Command::Release { reservation_id: order.line_reservation(line) };
+            if let Err(e) = self.node.execute(key, command).await {
+                tracing::warn!(order = %order.order_id, line, error = %e, "release failed; the hold will expire");
+            }
+        }
+    }
+
+    /// Releases the order's id at every candidate warehouse of every line, then records it aborted.
+    async fn undo_reserving(&self, order: &mut Order) -> Result<(), ServiceError> {
+        for line in 0..order.request.lines.len() {
+            for key in order.candidate_keys(line).collect::<Vec<_>>() {
+                let command = Command::Release { reservation_id: order.line_reservation(line) };
+                // Any answer will do (released, unknown, not held): the id is free afterwards.
+                let _answer = self.node.execute(key, command).await?;
+            }
+        }
+        order.aborted();
+        self.put(order).await
+    }
+
+    /// Drives every order a crash interrupted to an end. Runs before the node is ready.
+    pub async fn recover(&self, orders: Vec<Order>) -> Result<usize, ServiceError> {
+        let n = orders.len();
+        for mut order in orders {
+            let _l = self.lock(&order.order_id).await;
+            match order.status {
+                OrderStatus::Reserving => self.undo_reserving(&mut order).await?,
+                OrderStatus::Committing | OrderStatus::Releasing => {
+                    self.finish_lines(&order, order.status == OrderStatus::Committing).await?;
+                    order.finished();
+                    self.put(&order).await?;
+                }
+                other => unreachable!("order {} not in flight: {other:?}", order.order_id),
+            }
+            tracing::info!(order = %order.order_id, status = order.status.name(), "recovered order");
+        }
+        Ok(n)
+    }
+
+    async fn put(&self, order: &Order) -> Result<(), ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        let done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let request = Request::PutOrder {
+            order_id: order.order_id.as_str().to_owned(),
+            status: order.status.name(),
+            record: codec::encode_order(order),
+            at_ms: self.node.now_ms(),
+            done,
+        };
+        self.node.writer().submit(request).await?;
+        rx.await.map_err(|_| StorageError::WriterStopped)??;
+        Ok(())
+    }
+
+    async fn load(&self, id: &OrderId) -> Result<Option<Order>, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.node.writer().submit(Request::LoadOrder { order_id: id.as_str().to_owned(), reply }).await?;
+        Ok(rx.await.map_err(|_| StorageError::WriterStopped)??)
+    }
+}
+
+/// Holds an order's lock; removes the lock entry when no one else waits on it.
+struct OrderLock {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    id: OrderId,
+    locks: Arc<Mutex<HashMap<OrderId, Arc<tokio::sync::Mutex<()>>>>>,
+    m: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for OrderLock {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Held by: the map, `self.m`, and `_guard`'s own Arc. More means someone is waiting.
+        if Arc::strong_count(&self.m) <= 3 {
+            locks.remove(&self.id);
+        }
+    }
+}
