@@ -10,6 +10,10 @@
 //! See `ARCHITECTURE.md` for how a reservation flows through them.
 
 pub mod actors;
+pub mod api;
+// pub mod bench; (wired once the load generator lands)
+pub mod config;
 pub mod domain;
 pub mod limits;
 pub mod persistence;
+pub mod server;

@@ -1,1 +1,125 @@
-fn main() {}
+//! The `stockring` binary: argument parsing, logging, signals. All logic lives in the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use stockring::config::Config;
+
+#[derive(Parser)]
+#[command(name = "stockring", version, about = "Inventory reservations that never oversell")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Copy a node's database to FILE; safe while the node serves.
+    Backup {
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Replace a stopped node's database with a backup.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// TOML config file (see config/stockring.toml); STOCKRING_* variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides `http_addr`.
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+        Command::Backup { data_dir, to } => {
+            init_logging("info");
+            stockring::persistence::backup::backup(&data_dir, &to)
+                .map(|()| println!("backed up {} to {}", data_dir.display(), to.display()))
+                .map_err(Into::into)
+        }
+        Command::Restore { from, data_dir } => {
+            init_logging("info");
+            stockring::persistence::backup::restore(&from, &data_dir)
+                .map(|()| println!("restored {} into {}", from.display(), data_dir.display()))
+                .map_err(Into::into)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stockring: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(addr) = args.http_addr {
+        config.http_addr = addr;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    init_logging(&config.log);
+    runtime()?.block_on(async move {
+        let server = stockring::server::start(config).await?;
+        // Tests and scripts read the bound address (the config may ask for port 0).
+        println!("stockring listening on {}", server.http_addr);
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; draining");
+        server.stop().await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

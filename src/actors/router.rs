@@ -18,6 +18,8 @@ pub enum RouterMsg {
     /// Periodic: passivate actors idle for longer than the configured idle time.
     Sweep,
     ActiveCount { reply: tokio::sync::oneshot::Sender<usize> },
+    /// Shutdown: passivate every actor (each writes its snapshot); answers once all stopped.
+    Drain { reply: tokio::sync::oneshot::Sender<()> },
 }
 
 #[derive(Clone)]
@@ -40,6 +42,7 @@ pub struct RouterState {
     slots: HashMap<StockKey, Slot>,
     by_actor: HashMap<ActorId, StockKey>,
     active: usize,
+    draining: Option<tokio::sync::oneshot::Sender<()>>,
     _sweeper: tokio::task::JoinHandle<()>,
 }
 
@@ -52,7 +55,7 @@ impl Actor for Router {
         assert!(config.max_active > 0);
         let period = (config.idle / 4).max(Duration::from_millis(10));
         let sweeper = myself.send_interval(period, || RouterMsg::Sweep);
-        Ok(RouterState { env, config, slots: HashMap::new(), by_actor: HashMap::new(), active: 0, _sweeper: sweeper })
+        Ok(RouterState { env, config, slots: HashMap::new(), by_actor: HashMap::new(), active: 0, draining: None, _sweeper: sweeper })
     }
 
     async fn handle(&self, myself: ActorRef<RouterMsg>, msg: RouterMsg, st: &mut RouterState) -> Result<(), ActorProcessingErr> {
@@ -75,6 +78,14 @@ impl Actor for Router {
             }
             RouterMsg::ActiveCount { reply } => {
                 let _ = reply.send(st.active);
+            }
+            RouterMsg::Drain { reply } => {
+                let keys: Vec<StockKey> = st.slots.keys().cloned().collect();
+                for key in keys {
+                    passivate(st, &key);
+                }
+                st.draining = Some(reply);
+                check_drained(st);
             }
         }
         Ok(())
@@ -102,12 +113,27 @@ impl Actor for Router {
             // are dropped and their callers get a retryable error.
             tracing::error!(key = %key, error = %err, "stock actor failed");
             metrics::counter!("stockring_actor_failures_total").increment(1);
+            check_drained(st);
             return Ok(());
         }
-        for msg in queued {
-            route(&myself, st, key.clone(), msg)?;
+        if st.draining.is_some() {
+            // Shutting down: the queued callers get a retryable error.
+            drop(queued);
+        } else {
+            for msg in queued {
+                route(&myself, st, key.clone(), msg)?;
+            }
         }
+        check_drained(st);
         Ok(())
+    }
+}
+
+fn check_drained(st: &mut RouterState) {
+    if st.slots.is_empty() {
+        if let Some(reply) = st.draining.take() {
+            let _ = reply.send(());
+        }
     }
 }
 

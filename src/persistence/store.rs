@@ -153,6 +153,25 @@ pub fn orders_in_flight(conn: &Connection) -> Result<Vec<Order>, StorageError> {
     Ok(out)
 }
 
+/// Warehouses with durable state for `sku`. Keys are `sku/warehouse`, and `0` is the byte
+/// after `/`, so the range scan covers exactly this SKU's keys, using the primary keys' order.
+pub fn warehouses_of(conn: &Connection, sku: &str) -> Result<Vec<String>, StorageError> {
+    let (lo, hi) = (format!("{sku}/"), format!("{sku}0"));
+    let mut stmt = conn.prepare_cached(
+        "SELECT key FROM snapshots WHERE key >= ?1 AND key < ?2
+         UNION SELECT DISTINCT key FROM journal WHERE key >= ?1 AND key < ?2 ORDER BY 1",
+    )?;
+    let keys = stmt.query_map(params![lo, hi], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for key in keys {
+        let key = key?;
+        if let Some((_, wh)) = key.split_once('/') {
+            out.push(wh.to_owned());
+        }
+    }
+    Ok(out)
+}
+
 /// Keys with any state on disk (for `stockring inspect` and tests; walks whole tables).
 pub fn count_keys(conn: &Connection) -> Result<u64, StorageError> {
     let n: i64 = conn.query_row(

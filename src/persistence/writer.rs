@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 pub type Done = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 pub type KeyReply = Box<dyn FnOnce(Result<LoadedKey, StorageError>) + Send>;
 pub type OrderReply = Box<dyn FnOnce(Result<Option<Order>, StorageError>) + Send>;
+pub type ListReply = Box<dyn FnOnce(Result<Vec<String>, StorageError>) + Send>;
 
 pub enum Request {
     /// Events of one key, versions `first_version..`, in order.
@@ -33,6 +34,19 @@ pub enum Request {
     Barrier { done: Done },
     LoadKey { key: Arc<str>, reply: KeyReply },
     LoadOrder { order_id: String, reply: OrderReply },
+    /// The warehouses with durable state for a SKU.
+    ListWarehouses { sku: String, reply: ListReply },
+    /// Commit everything queued before this, then stop; later submits fail `WriterStopped`.
+    Close,
+}
+
+impl Request {
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Request::LoadKey { .. } | Request::LoadOrder { .. } | Request::ListWarehouses { .. } | Request::Close
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -67,8 +81,9 @@ impl Writer {
         Ok(Self { handle: WriterHandle { tx }, thread })
     }
 
-    /// Waits for the thread to drain and exit; it exits once every handle is dropped.
+    /// Commits everything queued so far, stops the thread and waits for it. Blocking.
     pub fn join(self) {
+        let _ = self.handle.blocking_submit(Request::Close);
         drop(self.handle);
         if self.thread.join().is_err() {
             tracing::error!("journal writer thread panicked");
@@ -78,22 +93,34 @@ impl Writer {
 
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut closing = false;
     while let Some(first) = rx.blocking_recv() {
+        closing |= matches!(first, Request::Close);
         batch.push(first);
-        while batch.len() < max_batch {
+        while batch.len() < max_batch && !closing {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    closing |= matches!(r, Request::Close);
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
         commit_batch(&mut conn, &mut batch);
+        if closing {
+            break;
+        }
+    }
+    drop(rx);
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed on open");
     }
     tracing::info!("journal writer drained and stopped");
 }
 
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>) {
     let started = Instant::now();
-    let writes = batch.iter().filter(|r| !matches!(r, Request::LoadKey { .. } | Request::LoadOrder { .. })).count();
+    let writes = batch.iter().filter(|r| !r.is_read()).count();
     let result = if writes > 0 { write_all(conn, batch) } else { Ok(0) };
     match result {
         Ok(events) => {
@@ -148,7 +175,11 @@ fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageErr
                 Request::PutOrder { order_id, status, record, at_ms, .. } => {
                     order.execute(params![order_id, status, record, *at_ms as i64])?;
                 }
-                Request::Barrier { .. } | Request::LoadKey { .. } | Request::LoadOrder { .. } => {}
+                Request::Barrier { .. }
+                | Request::LoadKey { .. }
+                | Request::LoadOrder { .. }
+                | Request::ListWarehouses { .. }
+                | Request::Close => {}
             }
         }
     }
@@ -166,6 +197,8 @@ fn finish(conn: &Connection, request: Request) {
         }
         Request::LoadKey { key, reply } => reply(store::load_key(conn, &key)),
         Request::LoadOrder { order_id, reply } => reply(store::load_order(conn, &order_id)),
+        Request::ListWarehouses { sku, reply } => reply(store::warehouses_of(conn, &sku)),
+        Request::Close => {}
     }
 }
 
@@ -180,5 +213,7 @@ fn fail(request: Request, e: &StorageError) {
         }
         Request::LoadKey { reply, .. } => reply(Err(err())),
         Request::LoadOrder { reply, .. } => reply(Err(err())),
+        Request::ListWarehouses { reply, .. } => reply(Err(err())),
+        Request::Close => {}
     }
 }

@@ -1,0 +1,125 @@
+//! The HTTP/JSON API (axum): routes, the readiness gate, request metrics, `/metrics`,
+//! `/health`, `/ready` and `/openapi.json`.
+
+pub mod dto;
+pub mod error;
+pub mod openapi;
+pub mod orders;
+pub mod reply;
+pub mod stock;
+
+use crate::actors::order::OrderCoordinator;
+use crate::actors::Node;
+use crate::limits::MAX_BODY_BYTES;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::ApiError;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Node,
+    pub orders: OrderCoordinator,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/reservations", post(stock::reserve))
+        .route("/v1/reservations/{id}/commit", post(stock::commit))
+        .route("/v1/reservations/{id}/release", post(stock::release))
+        .route("/v1/stock/{sku}", get(stock::get_sku))
+        .route("/v1/stock/{sku}/{warehouse}", get(stock::get_key).put(stock::set_on_hand))
+        .route("/v1/stock/{sku}/{warehouse}/receipts", post(stock::receive))
+        .route("/v1/stock/{sku}/{warehouse}/safety-stock", axum::routing::put(stock::set_safety_stock))
+        .route("/v1/orders", post(orders::create))
+        .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}/commit", post(orders::commit))
+        .route("/v1/orders/{id}/release", post(orders::release))
+        .route("/v1/batch", post(orders::batch))
+        .route_layer(middleware::from_fn_with_state(state.clone(), ready_gate));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(|| async { Json(serde_json::json!({ "status": "up" })) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        })
+        .layer(middleware::from_fn(observe))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.node.is_ready() {
+        Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "recovery in progress").into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> String {
+    state.metrics.render()
+}
+
+/// Refuses API calls until recovery (interrupted orders) has finished.
+async fn ready_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.node.is_ready() {
+        next.run(req).await
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "recovery in progress")
+            .with("retry_after_ms", 100)
+            .into_response()
+    }
+}
+
+/// Request count and latency per route template (never per SKU: bounded label values).
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("stockring_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("stockring_http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);
+    resp
+}
+
+/// The process-wide Prometheus recorder, installed on first use (tests start many servers in
+/// one process; a recorder can be installed only once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), &sizes))
+                .map(|b| b.build_recorder());
+            match recorder {
+                Ok(recorder) => {
+                    let handle = recorder.handle();
+                    if metrics::set_global_recorder(recorder).is_err() {
+                        tracing::warn!("a metrics recorder was already installed");
+                    }
+                    handle
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics recorder setup failed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}

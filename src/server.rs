@@ -1,0 +1,109 @@
+//! Wiring a node: data-dir lock, SQLite, the writer thread, the router, the order coordinator,
+//! recovery and the HTTP server; and an orderly shutdown (stop taking requests, finish the ones
+//! in flight, snapshot every active key, drain the writer).
+
+use crate::actors::clock::SystemClock;
+use crate::actors::order::OrderCoordinator;
+use crate::actors::router::{Router, RouterConfig, RouterMsg};
+use crate::actors::stock::StockEnv;
+use crate::actors::Node;
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::persistence::backup::DataDirLock;
+use crate::persistence::{store, Writer};
+use anyhow::Context;
+use ractor::Actor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A node that is serving. Drop does not stop it; call `stop`.
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub node: Node,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops taking requests, drains, and returns once the writer has flushed everything.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.task.await.context("server task")?
+    }
+
+    /// Waits until the server stops by itself (it does not, short of an error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task")?
+    }
+}
+
+/// Starts a node; returns once the HTTP port is bound. Recovery continues in the background
+/// and `/ready` turns 200 when it has finished.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let started = Instant::now();
+    let lock = DataDirLock::acquire(&config.data_dir)?;
+    let conn = store::open(&store::db_path(&config.data_dir)).context("opening the database")?;
+    let in_flight = store::orders_in_flight(&conn)?;
+    let writer = Writer::start(conn, config.group_commit_max_batch, config.writer_queue)?;
+    let clock = Arc::new(SystemClock::default());
+    let env = StockEnv {
+        writer: writer.handle.clone(),
+        clock: clock.clone(),
+        snapshot_every: config.snapshot_every_events,
+        outcome_retention_ms: config.outcome_retention_ms,
+    };
+    let router_config = RouterConfig {
+        max_active: config.max_active_actors,
+        idle: Duration::from_millis(config.idle_passivate_ms),
+    };
+    let (router, router_task) = Actor::spawn(None, Router, (env, router_config)).await?;
+    let node = Node::new(router.clone(), writer.handle.clone(), config.max_in_flight, clock);
+    let orders = OrderCoordinator::new(node.clone());
+    let state = AppState { node: node.clone(), orders: orders.clone(), metrics: api::metrics_handle() };
+    let listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    tracing::info!(%http_addr, data_dir = %config.data_dir.display(), "listening");
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let upkeep = state.metrics.clone();
+    let upkeep = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let ready_node = node.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+            })
+            ;
+        let serving = tokio::spawn(async move { serve.await });
+        let recovered = orders.recover(in_flight).await.context("recovering interrupted orders")?;
+        ready_node.set_ready(true);
+        tracing::info!(recovered_orders = recovered, elapsed_ms = started.elapsed().as_millis() as u64, "ready");
+        serving.await.context("http task")?.context("http server")?;
+        ready_node.set_ready(false);
+        drain(router, router_task, writer).await;
+        upkeep.abort();
+        drop(lock);
+        Ok(())
+    });
+    Ok(RunningServer { http_addr, node, shutdown, task })
+}
+
+async fn drain(router: ractor::ActorRef<RouterMsg>, router_task: tokio::task::JoinHandle<()>, writer: Writer) {
+    let (tx, rx) = oneshot::channel();
+    if router.send_message(RouterMsg::Drain { reply: tx }).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+    }
+    router.stop(None);
+    let _ = router_task.await;
+    // The writer thread exits once every handle is gone and its queue is committed.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    tracing::info!("stopped cleanly");
+}
