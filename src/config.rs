@@ -79,7 +79,9 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
-        fig = fig.merge(Env::prefixed("STOCKRING_").filter(|k| FIELDS.contains(&k.as_str())));
+        // figment hands the filter the variable's own case (`MAX_ACTIVE_ACTORS`).
+        let known = |k: &figment::value::UncasedStr| FIELDS.iter().any(|f| k.as_str().eq_ignore_ascii_case(f));
+        fig = fig.merge(Env::prefixed("STOCKRING_").filter(known).lowercase(true));
         let config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -103,5 +105,26 @@ impl Config {
             return bad("idle_passivate_ms must be at least 10");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("node.toml", "max_active_actors = 7\nidle_passivate_ms = 500\n")?;
+            jail.set_env("STOCKRING_IDLE_PASSIVATE_MS", "900");
+            jail.set_env("STOCKRING_UNRELATED", "ignored");
+            let c = Config::load(Some(Path::new("node.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.max_active_actors, 7);
+            assert_eq!(c.idle_passivate_ms, 900);
+            assert_eq!(c.http_addr, "127.0.0.1:8080");
+            jail.set_env("STOCKRING_MAX_IN_FLIGHT", "0");
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
     }
 }
