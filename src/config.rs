@@ -75,12 +75,17 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(ConfigError::Invalid(format!("{} does not exist", file.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "{} does not exist",
+                    file.display()
+                )));
             }
             fig = fig.merge(Toml::file(file));
         }
         // figment hands the filter the variable's own case (`MAX_ACTIVE_ACTORS`).
-        let known = |k: &figment::value::UncasedStr| FIELDS.iter().any(|f| k.as_str().eq_ignore_ascii_case(f));
+        let known = |k: &figment::value::UncasedStr| {
+            FIELDS.iter().any(|f| k.as_str().eq_ignore_ascii_case(f))
+        };
         fig = fig.merge(Env::prefixed("STOCKRING_").filter(known).lowercase(true));
         let config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
@@ -113,9 +118,13 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn file_then_environment_override_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("node.toml", "max_active_actors = 7\nidle_passivate_ms = 500\n")?;
+            jail.create_file(
+                "node.toml",
+                "max_active_actors = 7\nidle_passivate_ms = 500\n",
+            )?;
             jail.set_env("STOCKRING_IDLE_PASSIVATE_MS", "900");
             jail.set_env("STOCKRING_UNRELATED", "ignored");
             let c = Config::load(Some(Path::new("node.toml"))).map_err(|e| e.to_string())?;

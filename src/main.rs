@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use stockring::config::Config;
 
 #[derive(Parser)]
-#[command(name = "stockring", version, about = "Inventory reservations that never oversell")]
+#[command(
+    name = "stockring",
+    version,
+    about = "Inventory reservations that never oversell"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -75,11 +79,17 @@ fn main() -> ExitCode {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -59,9 +59,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         idle: Duration::from_millis(config.idle_passivate_ms),
     };
     let (router, router_task) = Actor::spawn(None, Router, (env, router_config)).await?;
-    let node = Node::new(router.clone(), writer.handle.clone(), config.max_in_flight, clock);
+    let node = Node::new(
+        router.clone(),
+        writer.handle.clone(),
+        config.max_in_flight,
+        clock,
+    );
     let orders = OrderCoordinator::new(node.clone());
-    let state = AppState { node: node.clone(), orders: orders.clone(), metrics: api::metrics_handle() };
+    let state = AppState {
+        node: node.clone(),
+        orders: orders.clone(),
+        metrics: api::metrics_handle(),
+    };
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
@@ -77,15 +86,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     });
     let ready_node = node.clone();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_rx.await;
-            })
-            ;
+        let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+            let _ = shutdown_rx.await;
+        });
         let serving = tokio::spawn(async move { serve.await });
-        let recovered = orders.recover(in_flight).await.context("recovering interrupted orders")?;
+        let recovered = orders
+            .recover(in_flight)
+            .await
+            .context("recovering interrupted orders")?;
         ready_node.set_ready(true);
-        tracing::info!(recovered_orders = recovered, elapsed_ms = started.elapsed().as_millis() as u64, "ready");
+        tracing::info!(
+            recovered_orders = recovered,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ready"
+        );
         serving.await.context("http task")?.context("http server")?;
         ready_node.set_ready(false);
         drain(router, router_task, writer).await;
@@ -93,10 +107,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         drop(lock);
         Ok(())
     });
-    Ok(RunningServer { http_addr, node, shutdown, task })
+    Ok(RunningServer {
+        http_addr,
+        node,
+        shutdown,
+        task,
+    })
 }
 
-async fn drain(router: ractor::ActorRef<RouterMsg>, router_task: tokio::task::JoinHandle<()>, writer: Writer) {
+async fn drain(
+    router: ractor::ActorRef<RouterMsg>,
+    router_task: tokio::task::JoinHandle<()>,
+    writer: Writer,
+) {
     let (tx, rx) = oneshot::channel();
     if router.send_message(RouterMsg::Drain { reply: tx }).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;

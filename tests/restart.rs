@@ -15,22 +15,47 @@ async fn populate(node: &NodeProcess) {
         let ops: Vec<Value> = (chunk * 1_000..(chunk + 1) * 1_000)
             .map(|i| json!({ "op": "receive", "sku": format!("many-{i}"), "warehouse": "w1", "qty": i + 1, "op_id": "r1" }))
             .collect();
-        let resp = client.post(format!("{}/v1/batch", node.base)).json(&json!({ "ops": ops })).send().await.expect("batch");
+        let resp = client
+            .post(format!("{}/v1/batch", node.base))
+            .json(&json!({ "ops": ops }))
+            .send()
+            .await
+            .expect("batch");
         assert_eq!(resp.status().as_u16(), 200);
         let body: Value = resp.json().await.expect("json");
-        assert!(body["results"].as_array().expect("results").iter().all(|r| r["status"] == 200), "{body}");
+        assert!(
+            body["results"]
+                .as_array()
+                .expect("results")
+                .iter()
+                .all(|r| r["status"] == 200),
+            "{body}"
+        );
     }
     // One key with a live hold, to check that holds survive too.
     let hold = json!({ "sku": "many-7", "warehouse": "w1", "qty": 5, "reservation_id": "h1", "ttl_ms": 3_600_000 });
-    let resp = client.post(format!("{}/v1/reservations", node.base)).json(&hold).send().await.expect("reserve");
+    let resp = client
+        .post(format!("{}/v1/reservations", node.base))
+        .json(&hold)
+        .send()
+        .await
+        .expect("reserve");
     assert_eq!(resp.status().as_u16(), 201);
 }
 
 async fn check_lazy_and_correct(node: &NodeProcess) {
-    assert_eq!(node.metric("stockring_activations_total").await, 0.0, "keys were loaded eagerly");
+    assert_eq!(
+        node.metric("stockring_activations_total").await,
+        0.0,
+        "keys were loaded eagerly"
+    );
     for i in [0usize, 7, 1_234, KEYS - 1] {
-        let view: Value =
-            reqwest::get(format!("{}/v1/stock/many-{i}/w1", node.base)).await.expect("get").json().await.expect("json");
+        let view: Value = reqwest::get(format!("{}/v1/stock/many-{i}/w1", node.base))
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
         let reserved = if i == 7 { 5 } else { 0 };
         assert_eq!(view["on_hand"], (i + 1) as u64, "{view}");
         assert_eq!(view["reserved"], reserved, "{view}");
@@ -57,16 +82,26 @@ async fn restart_is_lazy_after_clean_stop_and_after_kill() {
 async fn passivated_keys_come_back_with_their_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A cap of 50 active actors forces constant passivation while 3,000 keys are written.
-    let env = [("STOCKRING_MAX_ACTIVE_ACTORS", "50"), ("STOCKRING_IDLE_PASSIVATE_MS", "200")];
+    let env = [
+        ("STOCKRING_MAX_ACTIVE_ACTORS", "50"),
+        ("STOCKRING_IDLE_PASSIVATE_MS", "200"),
+    ];
     let node = NodeProcess::start(dir.path(), &env).await;
     populate(&node).await;
     let passivated = node.metric("stockring_passivations_total").await;
-    assert!(passivated >= (KEYS - 100) as f64, "only {passivated} passivations");
+    assert!(
+        passivated >= (KEYS - 100) as f64,
+        "only {passivated} passivations"
+    );
     let active = node.metric("stockring_active_actors").await;
     assert!(active <= 50.0, "cap exceeded: {active}");
     for i in [0usize, 7, 1_234, KEYS - 1] {
-        let view: Value =
-            reqwest::get(format!("{}/v1/stock/many-{i}/w1", node.base)).await.expect("get").json().await.expect("json");
+        let view: Value = reqwest::get(format!("{}/v1/stock/many-{i}/w1", node.base))
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
         assert_eq!(view["on_hand"], (i + 1) as u64, "{view}");
     }
 }

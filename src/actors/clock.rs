@@ -16,7 +16,10 @@ pub struct SystemClock {
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let prev = self.last.fetch_max(wall, Ordering::AcqRel);
         prev.max(wall)
     }

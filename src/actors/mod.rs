@@ -77,7 +77,8 @@ impl Node {
 
     /// Runs one command on its key's actor; answers once the result is durable.
     pub async fn execute(&self, key: StockKey, command: Command) -> Result<Outcome, ServiceError> {
-        self.ask(key, |reply| StockMsg::Apply { command, reply }).await
+        self.ask(key, |reply| StockMsg::Apply { command, reply })
+            .await
     }
 
     /// Reads one key; shows only durable state (C4).
@@ -85,7 +86,11 @@ impl Node {
         self.ask(key, |reply| StockMsg::Read { reply }).await
     }
 
-    async fn ask<T>(&self, key: StockKey, make: impl FnOnce(stock::Reply<T>) -> StockMsg) -> Result<T, ServiceError> {
+    async fn ask<T>(
+        &self,
+        key: StockKey,
+        make: impl FnOnce(stock::Reply<T>) -> StockMsg,
+    ) -> Result<T, ServiceError> {
         // ractor mailboxes are unbounded; admission is bounded here instead.
         let permit = tokio::time::timeout(self.admission_wait, self.permits.acquire())
             .await
@@ -102,7 +107,11 @@ impl Node {
 
     pub async fn active_actors(&self) -> usize {
         let (tx, rx) = oneshot::channel();
-        if self.router.send_message(RouterMsg::ActiveCount { reply: tx }).is_err() {
+        if self
+            .router
+            .send_message(RouterMsg::ActiveCount { reply: tx })
+            .is_err()
+        {
             return 0;
         }
         rx.await.unwrap_or(0)

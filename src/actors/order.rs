@@ -1,13 +1,16 @@
 //! The order coordinator: all-or-nothing reservations across keys.
 //!
 //! Protocol (each `put` is durable before the next step):
-//! 1. `put(Reserving)`; 2. reserve line `i` as `{order}#{i}` at its first warehouse that has
-//! the stock; 3. all held: `put(Reserved)`, answer 201; a line unfillable: release what was held,
-//! `put(Failed)`, answer 409. Commit and release go `Committing`/`Releasing` then the final state.
-//! A crash leaves an order in a `*ing` state; `recover` runs before the node reports ready and
-//! undoes `Reserving` (releases `{order}#{i}` at every candidate warehouse: it cannot know which
-//! reserve landed) and finishes `Committing`/`Releasing`. Every step is idempotent per key (C3),
-//! so re-running any of them is harmless. Holds also expire on their own.
+//! 1. `put(Reserving)`;
+//! 2. reserve line `i` as `{order}#{i}` at its first warehouse that has the stock;
+//! 3. all held: `put(Reserved)`, answer 201; a line unfillable: release what was held,
+//!    `put(Failed)`, answer 409.
+//!
+//! Commit and release go `Committing`/`Releasing`, then the final state. A crash leaves an
+//! order in a `*ing` state; `recover` runs before the node reports ready and undoes `Reserving`
+//! (releases `{order}#{i}` at every candidate warehouse: it cannot know which reserve landed)
+//! and finishes `Committing`/`Releasing`. Every step is idempotent per key (C3), so re-running
+//! any of them is harmless. Holds also expire on their own.
 //!
 //! Requests for one order id are serialized by a per-order lock.
 
@@ -24,15 +27,26 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub enum OrderOutcome {
     /// The order as recorded; `replay` when nothing new was done.
-    Done { order: Order, replay: bool },
+    Done {
+        order: Order,
+        replay: bool,
+    },
     /// The order id exists with a different body.
     IdConflict,
     /// A line could not be filled; `order` is recorded as failed.
-    LineUnfillable { order: Order, line: usize },
+    LineUnfillable {
+        order: Order,
+        line: usize,
+    },
     /// Commit or release not allowed in the order's current state.
-    InvalidState { order: Order },
+    InvalidState {
+        order: Order,
+    },
     /// At least one hold had expired before it could be committed.
-    Expired { order: Order, lines: Vec<usize> },
+    Expired {
+        order: Order,
+        lines: Vec<usize>,
+    },
     NotFound,
 }
 
@@ -44,7 +58,10 @@ pub struct OrderCoordinator {
 
 impl OrderCoordinator {
     pub fn new(node: Node) -> Self {
-        Self { node, locks: Arc::default() }
+        Self {
+            node,
+            locks: Arc::default(),
+        }
     }
 
     async fn lock(&self, id: &OrderId) -> OrderLock {
@@ -53,7 +70,12 @@ impl OrderCoordinator {
             locks.entry(id.clone()).or_default().clone()
         };
         let guard = m.clone().lock_owned().await;
-        OrderLock { _guard: guard, id: id.clone(), locks: self.locks.clone(), m }
+        OrderLock {
+            _guard: guard,
+            id: id.clone(),
+            locks: self.locks.clone(),
+            m,
+        }
     }
 
     pub async fn get(&self, id: &OrderId) -> Result<Option<Order>, ServiceError> {
@@ -61,7 +83,11 @@ impl OrderCoordinator {
         self.load(id).await
     }
 
-    pub async fn reserve(&self, id: OrderId, request: OrderRequest) -> Result<OrderOutcome, ServiceError> {
+    pub async fn reserve(
+        &self,
+        id: OrderId,
+        request: OrderRequest,
+    ) -> Result<OrderOutcome, ServiceError> {
         let _l = self.lock(&id).await;
         if let Some(order) = self.load(&id).await? {
             if order.request != request {
@@ -69,7 +95,10 @@ impl OrderCoordinator {
             }
             return Ok(match order.status {
                 OrderStatus::Failed { line } => OrderOutcome::LineUnfillable { order, line },
-                _ => OrderOutcome::Done { order, replay: true },
+                _ => OrderOutcome::Done {
+                    order,
+                    replay: true,
+                },
             });
         }
         let mut order = Order::new(id, request, self.node.now_ms());
@@ -92,7 +121,10 @@ impl OrderCoordinator {
         }
         order.all_held();
         self.put(&order).await?;
-        Ok(OrderOutcome::Done { order, replay: false })
+        Ok(OrderOutcome::Done {
+            order,
+            replay: false,
+        })
     }
 
     /// Tries the line's warehouses in order; `Ok(false)` if none can fill it.
@@ -106,7 +138,8 @@ impl OrderCoordinator {
                 order_id: Some(order.order_id.clone()),
             };
             let key = StockKey::new(l.sku.clone(), warehouse.clone());
-            if let Outcome::Reserved { expires_at_ms, .. } = self.node.execute(key, command).await? {
+            if let Outcome::Reserved { expires_at_ms, .. } = self.node.execute(key, command).await?
+            {
                 order.line_held(line, warehouse.clone(), expires_at_ms);
                 return Ok(true);
             }
@@ -116,9 +149,16 @@ impl OrderCoordinator {
 
     pub async fn commit(&self, id: &OrderId) -> Result<OrderOutcome, ServiceError> {
         let _l = self.lock(id).await;
-        let Some(mut order) = self.load(id).await? else { return Ok(OrderOutcome::NotFound) };
+        let Some(mut order) = self.load(id).await? else {
+            return Ok(OrderOutcome::NotFound);
+        };
         match order.begin_commit() {
-            OrderTransition::Replay => return Ok(OrderOutcome::Done { order, replay: true }),
+            OrderTransition::Replay => {
+                return Ok(OrderOutcome::Done {
+                    order,
+                    replay: true,
+                })
+            }
             OrderTransition::Invalid => return Ok(OrderOutcome::InvalidState { order }),
             OrderTransition::Proceed => {}
         }
@@ -127,17 +167,30 @@ impl OrderCoordinator {
         order.finished();
         self.put(&order).await?;
         if expired.is_empty() {
-            Ok(OrderOutcome::Done { order, replay: false })
+            Ok(OrderOutcome::Done {
+                order,
+                replay: false,
+            })
         } else {
-            Ok(OrderOutcome::Expired { order, lines: expired })
+            Ok(OrderOutcome::Expired {
+                order,
+                lines: expired,
+            })
         }
     }
 
     pub async fn release(&self, id: &OrderId) -> Result<OrderOutcome, ServiceError> {
         let _l = self.lock(id).await;
-        let Some(mut order) = self.load(id).await? else { return Ok(OrderOutcome::NotFound) };
+        let Some(mut order) = self.load(id).await? else {
+            return Ok(OrderOutcome::NotFound);
+        };
         match order.begin_release() {
-            OrderTransition::Replay => return Ok(OrderOutcome::Done { order, replay: true }),
+            OrderTransition::Replay => {
+                return Ok(OrderOutcome::Done {
+                    order,
+                    replay: true,
+                })
+            }
             OrderTransition::Invalid => return Ok(OrderOutcome::InvalidState { order }),
             OrderTransition::Proceed => {}
         }
@@ -145,7 +198,10 @@ impl OrderCoordinator {
         self.finish_lines(&order, false).await?;
         order.finished();
         self.put(&order).await?;
-        Ok(OrderOutcome::Done { order, replay: false })
+        Ok(OrderOutcome::Done {
+            order,
+            replay: false,
+        })
     }
 
     /// Commits or releases every held line; returns the lines whose hold had expired.
@@ -153,7 +209,11 @@ impl OrderCoordinator {
         let mut expired = Vec::new();
         for (line, key) in order.held_keys() {
             let reservation_id = order.line_reservation(line);
-            let command = if commit { Command::Commit { reservation_id } } else { Command::Release { reservation_id } };
+            let command = if commit {
+                Command::Commit { reservation_id }
+            } else {
+                Command::Release { reservation_id }
+            };
             if let Outcome::Expired { .. } = self.node.execute(key, command).await? {
                 expired.push(line);
             }
@@ -164,7 +224,9 @@ impl OrderCoordinator {
     /// Best effort: the holds expire anyway if a release fails.
     async fn release_held(&self, order: &Order) {
         for (line, key) in order.held_keys() {
-            let command = Command::Release { reservation_id: order.line_reservation(line) };
+            let command = Command::Release {
+                reservation_id: order.line_reservation(line),
+            };
             if let Err(e) = self.node.execute(key, command).await {
                 tracing::warn!(order = %order.order_id, line, error = %e, "release failed; the hold will expire");
             }
@@ -175,7 +237,9 @@ impl OrderCoordinator {
     async fn undo_reserving(&self, order: &mut Order) -> Result<(), ServiceError> {
         for line in 0..order.request.lines.len() {
             for key in order.candidate_keys(line).collect::<Vec<_>>() {
-                let command = Command::Release { reservation_id: order.line_reservation(line) };
+                let command = Command::Release {
+                    reservation_id: order.line_reservation(line),
+                };
                 // Any answer will do (released, unknown, not held): the id is free afterwards.
                 let _answer = self.node.execute(key, command).await?;
             }
@@ -192,7 +256,8 @@ impl OrderCoordinator {
             match order.status {
                 OrderStatus::Reserving => self.undo_reserving(&mut order).await?,
                 OrderStatus::Committing | OrderStatus::Releasing => {
-                    self.finish_lines(&order, order.status == OrderStatus::Committing).await?;
+                    self.finish_lines(&order, order.status == OrderStatus::Committing)
+                        .await?;
                     order.finished();
                     self.put(&order).await?;
                 }
@@ -225,7 +290,13 @@ impl OrderCoordinator {
         let reply = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.node.writer().submit(Request::LoadOrder { order_id: id.as_str().to_owned(), reply }).await?;
+        self.node
+            .writer()
+            .submit(Request::LoadOrder {
+                order_id: id.as_str().to_owned(),
+                reply,
+            })
+            .await?;
         Ok(rx.await.map_err(|_| StorageError::WriterStopped)??)
     }
 }

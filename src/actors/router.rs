@@ -14,12 +14,19 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 pub enum RouterMsg {
-    Route { key: StockKey, msg: StockMsg },
+    Route {
+        key: StockKey,
+        msg: StockMsg,
+    },
     /// Periodic: passivate actors idle for longer than the configured idle time.
     Sweep,
-    ActiveCount { reply: tokio::sync::oneshot::Sender<usize> },
+    ActiveCount {
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
     /// Shutdown: passivate every actor (each writes its snapshot); answers once all stopped.
-    Drain { reply: tokio::sync::oneshot::Sender<()> },
+    Drain {
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 #[derive(Clone)]
@@ -31,7 +38,10 @@ pub struct RouterConfig {
 pub struct Router;
 
 enum Slot {
-    Active { actor: ActorRef<StockMsg>, last_used: Instant },
+    Active {
+        actor: ActorRef<StockMsg>,
+        last_used: Instant,
+    },
     /// Told to passivate; messages wait here until it has terminated.
     Stopping { queued: Vec<StockMsg> },
 }
@@ -51,14 +61,31 @@ impl Actor for Router {
     type State = RouterState;
     type Arguments = (StockEnv, RouterConfig);
 
-    async fn pre_start(&self, myself: ActorRef<RouterMsg>, (env, config): Self::Arguments) -> Result<RouterState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        (env, config): Self::Arguments,
+    ) -> Result<RouterState, ActorProcessingErr> {
         assert!(config.max_active > 0);
         let period = (config.idle / 4).max(Duration::from_millis(10));
         let sweeper = myself.send_interval(period, || RouterMsg::Sweep);
-        Ok(RouterState { env, config, slots: HashMap::new(), by_actor: HashMap::new(), active: 0, draining: None, _sweeper: sweeper })
+        Ok(RouterState {
+            env,
+            config,
+            slots: HashMap::new(),
+            by_actor: HashMap::new(),
+            active: 0,
+            draining: None,
+            _sweeper: sweeper,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<RouterMsg>, msg: RouterMsg, st: &mut RouterState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        st: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Route { key, msg } => route(&myself, st, key, msg)?,
             RouterMsg::Sweep => {
@@ -68,7 +95,11 @@ impl Actor for Router {
                     .slots
                     .iter()
                     .filter_map(|(k, s)| match s {
-                        Slot::Active { last_used, .. } if now.duration_since(*last_used) >= idle => Some(k.clone()),
+                        Slot::Active { last_used, .. }
+                            if now.duration_since(*last_used) >= idle =>
+                        {
+                            Some(k.clone())
+                        }
                         _ => None,
                     })
                     .collect();
@@ -91,13 +122,20 @@ impl Actor for Router {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<RouterMsg>, evt: SupervisionEvent, st: &mut RouterState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        evt: SupervisionEvent,
+        st: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
         let (id, failure) = match &evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => (cell.get_id(), None),
             SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), Some(err.to_string())),
             _ => return Ok(()),
         };
-        let Some(key) = st.by_actor.remove(&id) else { return Ok(()) };
+        let Some(key) = st.by_actor.remove(&id) else {
+            return Ok(());
+        };
         let queued = match st.slots.remove(&key) {
             Some(Slot::Active { .. }) => {
                 st.active -= 1;
@@ -137,7 +175,12 @@ fn check_drained(st: &mut RouterState) {
     }
 }
 
-fn route(myself: &ActorRef<RouterMsg>, st: &mut RouterState, key: StockKey, msg: StockMsg) -> Result<(), ActorProcessingErr> {
+fn route(
+    myself: &ActorRef<RouterMsg>,
+    st: &mut RouterState,
+    key: StockKey,
+    msg: StockMsg,
+) -> Result<(), ActorProcessingErr> {
     match st.slots.get_mut(&key) {
         Some(Slot::Active { actor, last_used }) => {
             *last_used = Instant::now();
@@ -147,10 +190,21 @@ fn route(myself: &ActorRef<RouterMsg>, st: &mut RouterState, key: StockKey, msg:
         }
         Some(Slot::Stopping { queued }) => queued.push(msg),
         None => {
-            let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(None, StockActor, (key.clone(), st.env.clone()), myself.get_cell())?;
+            let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(
+                None,
+                StockActor,
+                (key.clone(), st.env.clone()),
+                myself.get_cell(),
+            )?;
             let _ = actor.send_message(msg);
             st.by_actor.insert(actor.get_id(), key.clone());
-            st.slots.insert(key, Slot::Active { actor, last_used: Instant::now() });
+            st.slots.insert(
+                key,
+                Slot::Active {
+                    actor,
+                    last_used: Instant::now(),
+                },
+            );
             st.active += 1;
             metrics::gauge!("stockring_active_actors").set(st.active as f64);
             if st.active > st.config.max_active {

@@ -20,10 +20,16 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
+type ExpiryTimer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<StockMsg>>>;
 
 pub enum StockMsg {
-    Apply { command: Command, reply: Reply<Outcome> },
-    Read { reply: Reply<StockView> },
+    Apply {
+        command: Command,
+        reply: Reply<Outcome>,
+    },
+    Read {
+        reply: Reply<StockView>,
+    },
     /// The earliest hold is due (sent by this actor's own timer).
     ExpiryDue,
     /// Write a final snapshot and stop; sent by the router, after which it sends nothing more.
@@ -47,7 +53,7 @@ pub struct StockActorState {
     ledger: StockState,
     inflight: Arc<AtomicU64>,
     events_since_snapshot: u64,
-    timer: Option<(u64, tokio::task::JoinHandle<Result<(), ractor::MessagingErr<StockMsg>>>)>,
+    timer: Option<(u64, ExpiryTimer)>,
 }
 
 impl Actor for StockActor {
@@ -55,7 +61,11 @@ impl Actor for StockActor {
     type State = StockActorState;
     type Arguments = (StockKey, StockEnv);
 
-    async fn pre_start(&self, _: ActorRef<StockMsg>, (key, env): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<StockMsg>,
+        (key, env): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(StockActorState {
             key_name: key.storage_name().into(),
             env,
@@ -68,12 +78,22 @@ impl Actor for StockActor {
 
     /// Loads the key through the writer, so the load is ordered after every event a previous
     /// incarnation of this actor submitted. Messages wait in the mailbox meanwhile.
-    async fn post_start(&self, myself: ActorRef<StockMsg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<StockMsg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let (tx, rx) = oneshot::channel();
         let reply = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        st.env.writer.submit(Request::LoadKey { key: st.key_name.clone(), reply }).await?;
+        st.env
+            .writer
+            .submit(Request::LoadKey {
+                key: st.key_name.clone(),
+                reply,
+            })
+            .await?;
         let loaded = rx.await.map_err(|_| StorageError::WriterStopped)??;
         st.ledger = loaded.state;
         st.events_since_snapshot = loaded.tail_events;
@@ -83,7 +103,12 @@ impl Actor for StockActor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<StockMsg>, msg: StockMsg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<StockMsg>,
+        msg: StockMsg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             StockMsg::Apply { command, reply } => {
                 let now = st.env.clock.now_ms();
@@ -116,7 +141,11 @@ impl Actor for StockActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _: ActorRef<StockMsg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<StockMsg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some((_, handle)) = st.timer.take() {
             handle.abort();
         }
@@ -130,8 +159,12 @@ fn record_hold_change(before: u64, ledger: &StockState, events: &[crate::domain:
     let after = ledger.held_count();
     metrics::gauge!("stockring_holds_active").increment(after as f64 - before as f64);
     for e in events {
-        if let crate::domain::Event::Expired { reservation_ids, .. } = e {
-            metrics::counter!("stockring_holds_expired_total").increment(reservation_ids.len() as u64);
+        if let crate::domain::Event::Expired {
+            reservation_ids, ..
+        } = e
+        {
+            metrics::counter!("stockring_holds_expired_total")
+                .increment(reservation_ids.len() as u64);
         }
     }
 }
@@ -157,7 +190,15 @@ async fn submit<T: Send + 'static>(
     });
     // If the writer is gone the memory state is ahead of the disk: fail the actor so that it
     // is rebuilt from what is durable.
-    st.env.writer.submit(Request::Append { key: st.key_name.clone(), first_version, events: blobs, done }).await?;
+    st.env
+        .writer
+        .submit(Request::Append {
+            key: st.key_name.clone(),
+            first_version,
+            events: blobs,
+            done,
+        })
+        .await?;
     st.events_since_snapshot += n;
     if st.events_since_snapshot >= st.env.snapshot_every {
         snapshot(st).await?;
@@ -165,7 +206,11 @@ async fn submit<T: Send + 'static>(
     Ok(())
 }
 
-async fn reply_when_durable<T: Send + 'static>(st: &StockActorState, value: T, reply: Reply<T>) -> Result<(), StorageError> {
+async fn reply_when_durable<T: Send + 'static>(
+    st: &StockActorState,
+    value: T,
+    reply: Reply<T>,
+) -> Result<(), StorageError> {
     if st.inflight.load(Ordering::Acquire) == 0 {
         let _ = reply.send(Ok(value));
         return Ok(());
@@ -179,9 +224,15 @@ async fn reply_when_durable<T: Send + 'static>(st: &StockActorState, value: T, r
 /// Compacts the key: forgets outcomes past retention, writes the state, and lets the writer
 /// drop the journal rows the snapshot covers (in the same transaction).
 async fn snapshot(st: &mut StockActorState) -> Result<(), StorageError> {
-    st.ledger.prune(st.env.clock.now_ms(), st.env.outcome_retention_ms);
+    st.ledger
+        .prune(st.env.clock.now_ms(), st.env.outcome_retention_ms);
     let state = codec::encode_snapshot(&st.ledger);
-    let request = Request::Snapshot { key: st.key_name.clone(), version: st.ledger.version(), state, done: None };
+    let request = Request::Snapshot {
+        key: st.key_name.clone(),
+        version: st.ledger.version(),
+        state,
+        done: None,
+    };
     st.env.writer.submit(request).await?;
     st.events_since_snapshot = 0;
     Ok(())

@@ -33,13 +33,17 @@ pub fn order_id(s: &str) -> Result<OrderId, ApiError> {
 }
 
 fn qty(n: u64) -> Result<Qty, ApiError> {
-    Qty::new(n).map_err(|e| ApiError::bad_request("invalid_quantity", e.to_string()).with("field", "qty"))
+    Qty::new(n)
+        .map_err(|e| ApiError::bad_request("invalid_quantity", e.to_string()).with("field", "qty"))
 }
 
 fn stock_figure(field: &'static str, n: u64) -> Result<u64, ApiError> {
     if n > MAX_STOCK {
-        return Err(ApiError::bad_request("invalid_quantity", format!("{field} must be at most {MAX_STOCK}"))
-            .with("field", field));
+        return Err(ApiError::bad_request(
+            "invalid_quantity",
+            format!("{field} must be at most {MAX_STOCK}"),
+        )
+        .with("field", field));
     }
     Ok(n)
 }
@@ -47,8 +51,11 @@ fn stock_figure(field: &'static str, n: u64) -> Result<u64, ApiError> {
 fn ttl(ttl_ms: Option<u64>) -> Result<u64, ApiError> {
     let t = ttl_ms.unwrap_or(DEFAULT_TTL_MS);
     if t == 0 || t > MAX_TTL_MS {
-        return Err(ApiError::bad_request("invalid_ttl", format!("ttl_ms must be between 1 and {MAX_TTL_MS}"))
-            .with("field", "ttl_ms"));
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("ttl_ms must be between 1 and {MAX_TTL_MS}"),
+        )
+        .with("field", "ttl_ms"));
     }
     Ok(t)
 }
@@ -93,7 +100,10 @@ pub struct SetOnHandBody {
 
 impl SetOnHandBody {
     pub fn into_command(self) -> Result<Command, ApiError> {
-        Ok(Command::SetOnHand { op_id: op_id(&self.op_id)?, on_hand: stock_figure("on_hand", self.on_hand)? })
+        Ok(Command::SetOnHand {
+            op_id: op_id(&self.op_id)?,
+            on_hand: stock_figure("on_hand", self.on_hand)?,
+        })
     }
 }
 
@@ -106,7 +116,10 @@ pub struct ReceiptBody {
 
 impl ReceiptBody {
     pub fn into_command(self) -> Result<Command, ApiError> {
-        Ok(Command::Receive { op_id: op_id(&self.op_id)?, qty: qty(self.qty)? })
+        Ok(Command::Receive {
+            op_id: op_id(&self.op_id)?,
+            qty: qty(self.qty)?,
+        })
     }
 }
 
@@ -146,7 +159,10 @@ impl OrderBody {
     pub fn into_request(self) -> Result<(OrderId, OrderRequest), ApiError> {
         let id = order_id(&self.order_id)?;
         if self.lines.is_empty() || self.lines.len() > MAX_ORDER_LINES {
-            return Err(ApiError::bad_request("invalid_order", format!("an order has 1 to {MAX_ORDER_LINES} lines")));
+            return Err(ApiError::bad_request(
+                "invalid_order",
+                format!("an order has 1 to {MAX_ORDER_LINES} lines"),
+            ));
         }
         let mut lines = Vec::with_capacity(self.lines.len());
         for l in self.lines {
@@ -156,16 +172,33 @@ impl OrderBody {
                     format!("a line lists 1 to {MAX_LINE_WAREHOUSES} warehouses"),
                 ));
             }
-            let warehouses: Vec<WarehouseId> = l.warehouses.iter().map(|w| warehouse(w)).collect::<Result<_, _>>()?;
+            let warehouses: Vec<WarehouseId> = l
+                .warehouses
+                .iter()
+                .map(|w| warehouse(w))
+                .collect::<Result<_, _>>()?;
             let mut sorted = warehouses.clone();
             sorted.sort();
             sorted.dedup();
             if sorted.len() != warehouses.len() {
-                return Err(ApiError::bad_request("invalid_order", "a line lists a warehouse twice"));
+                return Err(ApiError::bad_request(
+                    "invalid_order",
+                    "a line lists a warehouse twice",
+                ));
             }
-            lines.push(OrderLine { sku: sku(&l.sku)?, qty: qty(l.qty)?, warehouses });
+            lines.push(OrderLine {
+                sku: sku(&l.sku)?,
+                qty: qty(l.qty)?,
+                warehouses,
+            });
         }
-        Ok((id, OrderRequest { ttl_ms: ttl(self.ttl_ms)?, lines }))
+        Ok((
+            id,
+            OrderRequest {
+                ttl_ms: ttl(self.ttl_ms)?,
+                lines,
+            },
+        ))
     }
 }
 
@@ -181,12 +214,38 @@ pub enum BatchOp {
         ttl_ms: Option<u64>,
         order_id: Option<String>,
     },
-    Commit { sku: String, warehouse: String, reservation_id: String },
-    Release { sku: String, warehouse: String, reservation_id: String },
-    Receive { sku: String, warehouse: String, qty: u64, op_id: String },
-    SetOnHand { sku: String, warehouse: String, on_hand: u64, op_id: String },
-    SetSafetyStock { sku: String, warehouse: String, safety_stock: u64, op_id: String },
-    Get { sku: String, warehouse: String },
+    Commit {
+        sku: String,
+        warehouse: String,
+        reservation_id: String,
+    },
+    Release {
+        sku: String,
+        warehouse: String,
+        reservation_id: String,
+    },
+    Receive {
+        sku: String,
+        warehouse: String,
+        qty: u64,
+        op_id: String,
+    },
+    SetOnHand {
+        sku: String,
+        warehouse: String,
+        on_hand: u64,
+        op_id: String,
+    },
+    SetSafetyStock {
+        sku: String,
+        warehouse: String,
+        safety_stock: u64,
+        op_id: String,
+    },
+    Get {
+        sku: String,
+        warehouse: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,37 +256,98 @@ pub struct BatchBody {
 
 /// A validated batch operation: a command, or a read.
 pub enum Validated {
-    Command { key: StockKey, command: Command, op: &'static str },
-    Get { key: StockKey },
+    Command {
+        key: StockKey,
+        command: Command,
+        op: &'static str,
+    },
+    Get {
+        key: StockKey,
+    },
 }
 
 impl BatchOp {
     pub fn validate(self) -> Result<Validated, ApiError> {
         let cmd = |key, command, op| Ok(Validated::Command { key, command, op });
         match self {
-            BatchOp::Reserve { sku, warehouse, qty, reservation_id, ttl_ms, order_id } => {
-                let body = ReserveBody { sku, warehouse, qty, reservation_id, ttl_ms, order_id };
+            BatchOp::Reserve {
+                sku,
+                warehouse,
+                qty,
+                reservation_id,
+                ttl_ms,
+                order_id,
+            } => {
+                let body = ReserveBody {
+                    sku,
+                    warehouse,
+                    qty,
+                    reservation_id,
+                    ttl_ms,
+                    order_id,
+                };
                 let (key, command) = body.into_command()?;
                 cmd(key, command, "reserve")
             }
-            BatchOp::Commit { sku, warehouse, reservation_id: r } => {
-                cmd(key(&sku, &warehouse)?, Command::Commit { reservation_id: reservation_id(&r)? }, "commit")
-            }
-            BatchOp::Release { sku, warehouse, reservation_id: r } => {
-                cmd(key(&sku, &warehouse)?, Command::Release { reservation_id: reservation_id(&r)? }, "release")
-            }
-            BatchOp::Receive { sku, warehouse, qty, op_id } => {
-                cmd(key(&sku, &warehouse)?, ReceiptBody { qty, op_id }.into_command()?, "receive")
-            }
-            BatchOp::SetOnHand { sku, warehouse, on_hand, op_id } => {
-                cmd(key(&sku, &warehouse)?, SetOnHandBody { on_hand, op_id }.into_command()?, "set_on_hand")
-            }
-            BatchOp::SetSafetyStock { sku, warehouse, safety_stock, op_id } => cmd(
+            BatchOp::Commit {
+                sku,
+                warehouse,
+                reservation_id: r,
+            } => cmd(
                 key(&sku, &warehouse)?,
-                SafetyStockBody { safety_stock, op_id }.into_command()?,
+                Command::Commit {
+                    reservation_id: reservation_id(&r)?,
+                },
+                "commit",
+            ),
+            BatchOp::Release {
+                sku,
+                warehouse,
+                reservation_id: r,
+            } => cmd(
+                key(&sku, &warehouse)?,
+                Command::Release {
+                    reservation_id: reservation_id(&r)?,
+                },
+                "release",
+            ),
+            BatchOp::Receive {
+                sku,
+                warehouse,
+                qty,
+                op_id,
+            } => cmd(
+                key(&sku, &warehouse)?,
+                ReceiptBody { qty, op_id }.into_command()?,
+                "receive",
+            ),
+            BatchOp::SetOnHand {
+                sku,
+                warehouse,
+                on_hand,
+                op_id,
+            } => cmd(
+                key(&sku, &warehouse)?,
+                SetOnHandBody { on_hand, op_id }.into_command()?,
+                "set_on_hand",
+            ),
+            BatchOp::SetSafetyStock {
+                sku,
+                warehouse,
+                safety_stock,
+                op_id,
+            } => cmd(
+                key(&sku, &warehouse)?,
+                SafetyStockBody {
+                    safety_stock,
+                    op_id,
+                }
+                .into_command()?,
                 "set_safety_stock",
             ),
-            BatchOp::Get { sku, warehouse } => Ok(Validated::Get { key: key(&sku, &warehouse)? }),
+            BatchOp::Get { sku, warehouse } => Ok(Validated::Get {
+                key: key(&sku, &warehouse)?,
+            }),
         }
     }
 }

@@ -35,9 +35,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reservations/{id}/commit", post(stock::commit))
         .route("/v1/reservations/{id}/release", post(stock::release))
         .route("/v1/stock/{sku}", get(stock::get_sku))
-        .route("/v1/stock/{sku}/{warehouse}", get(stock::get_key).put(stock::set_on_hand))
+        .route(
+            "/v1/stock/{sku}/{warehouse}",
+            get(stock::get_key).put(stock::set_on_hand),
+        )
         .route("/v1/stock/{sku}/{warehouse}/receipts", post(stock::receive))
-        .route("/v1/stock/{sku}/{warehouse}/safety-stock", axum::routing::put(stock::set_safety_stock))
+        .route(
+            "/v1/stock/{sku}/{warehouse}/safety-stock",
+            axum::routing::put(stock::set_safety_stock),
+        )
         .route("/v1/orders", post(orders::create))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/commit", post(orders::commit))
@@ -46,13 +52,20 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), ready_gate));
     Router::new()
         .merge(v1)
-        .route("/health", get(|| async { Json(serde_json::json!({ "status": "up" })) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "up" })) }),
+        )
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
         })
         .layer(middleware::from_fn(observe))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -63,7 +76,12 @@ async fn ready(State(state): State<AppState>) -> Response {
     if state.node.is_ready() {
         Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "recovery in progress").into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "recovery in progress",
+        )
+        .into_response()
     }
 }
 
@@ -76,15 +94,23 @@ async fn ready_gate(State(state): State<AppState>, req: Request, next: Next) -> 
     if state.node.is_ready() {
         next.run(req).await
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "recovery in progress")
-            .with("retry_after_ms", 100)
-            .into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "recovery in progress",
+        )
+        .with("retry_after_ms", 100)
+        .into_response()
     }
 }
 
 /// Request count and latency per route template (never per SKU: bounded label values).
 async fn observe(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
     let resp = next.run(req).await;
@@ -101,8 +127,12 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let latency = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+            let latency = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ];
+            let sizes = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+            ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), &sizes))

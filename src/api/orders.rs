@@ -49,10 +49,17 @@ pub fn order_body(o: &Order) -> Value {
 fn map(outcome: OrderOutcome, created: bool) -> ApiResult {
     match outcome {
         OrderOutcome::Done { order, replay } => {
-            let status = if created && !replay { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created && !replay {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((status, Json(order_body(&order))))
         }
-        OrderOutcome::IdConflict => Err(ApiError::conflict("id_conflict", "this order id was used with a different body")),
+        OrderOutcome::IdConflict => Err(ApiError::conflict(
+            "id_conflict",
+            "this order id was used with a different body",
+        )),
         OrderOutcome::LineUnfillable { order, line } => Err(ApiError::conflict(
             "insufficient_stock",
             format!("line {line} cannot be filled from any of its warehouses; nothing is held"),
@@ -74,23 +81,35 @@ fn map(outcome: OrderOutcome, created: bool) -> ApiResult {
     }
 }
 
-pub async fn create(State(state): State<AppState>, body: Result<Json<OrderBody>, JsonRejection>) -> ApiResult {
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<OrderBody>, JsonRejection>,
+) -> ApiResult {
     let Json(body) = body?;
     let (id, request) = body.into_request()?;
     map(state.orders.reserve(id, request).await?, true)
 }
 
-pub async fn commit(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult {
+pub async fn commit(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
     let Path(id) = id?;
     map(state.orders.commit(&dto::order_id(&id)?).await?, false)
 }
 
-pub async fn release(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult {
+pub async fn release(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
     let Path(id) = id?;
     map(state.orders.release(&dto::order_id(&id)?).await?, false)
 }
 
-pub async fn get(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult {
+pub async fn get(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
     let Path(id) = id?;
     match state.orders.get(&dto::order_id(&id)?).await? {
         Some(order) => Ok((StatusCode::OK, Json(order_body(&order)))),
@@ -101,10 +120,16 @@ pub async fn get(State(state): State<AppState>, id: Result<Path<String>, PathRej
 /// Many operations in one request. The whole batch is validated before anything runs (a bad
 /// op changes nothing, C6). Ops on the same key run in the order given; different keys run
 /// concurrently. Results come back in request order, each with its own status and body.
-pub async fn batch(State(state): State<AppState>, body: Result<Json<BatchBody>, JsonRejection>) -> ApiResult {
+pub async fn batch(
+    State(state): State<AppState>,
+    body: Result<Json<BatchBody>, JsonRejection>,
+) -> ApiResult {
     let Json(body) = body?;
     if body.ops.is_empty() || body.ops.len() > MAX_BATCH_OPS {
-        return Err(ApiError::bad_request("invalid_batch", format!("a batch has 1 to {MAX_BATCH_OPS} ops")));
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("a batch has 1 to {MAX_BATCH_OPS} ops"),
+        ));
     }
     let mut ops = Vec::with_capacity(body.ops.len());
     for (i, op) in body.ops.into_iter().enumerate() {
@@ -132,10 +157,12 @@ async fn run_lane(state: &AppState, ops: Vec<(usize, Validated)>) -> Vec<(usize,
     let mut out = Vec::with_capacity(ops.len());
     for (i, op) in ops {
         let result = match op {
-            Validated::Command { key, command, .. } => match state.node.execute(key.clone(), command.clone()).await {
-                Ok(outcome) => outcome_reply(&key, &command, outcome),
-                Err(e) => Err(ApiError::from(e)),
-            },
+            Validated::Command { key, command, .. } => {
+                match state.node.execute(key.clone(), command.clone()).await {
+                    Ok(outcome) => outcome_reply(&key, &command, outcome),
+                    Err(e) => Err(ApiError::from(e)),
+                }
+            }
             Validated::Get { key } => match state.node.read(key.clone()).await {
                 Ok(view) => Ok((StatusCode::OK, view_body(&key, &view))),
                 Err(e) => Err(ApiError::from(e)),

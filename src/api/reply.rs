@@ -33,7 +33,11 @@ pub fn view_body(key: &StockKey, v: &StockView) -> Value {
 }
 
 /// Maps one outcome; rejections come back as `Err` with their code.
-pub fn outcome_reply(key: &StockKey, command: &Command, outcome: Outcome) -> Result<Reply, ApiError> {
+pub fn outcome_reply(
+    key: &StockKey,
+    command: &Command,
+    outcome: Outcome,
+) -> Result<Reply, ApiError> {
     let op = op_name(command);
     let result = map(key, command, outcome);
     let label = match &result {

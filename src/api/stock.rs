@@ -31,20 +31,37 @@ pub async fn reserve(State(state): State<AppState>, body: Body<ReserveBody>) -> 
     run(&state, key, command).await
 }
 
-async fn finish(state: AppState, id: Result<Path<String>, PathRejection>, body: Body<KeyBody>, commit: bool) -> ApiResult {
+async fn finish(
+    state: AppState,
+    id: Result<Path<String>, PathRejection>,
+    body: Body<KeyBody>,
+    commit: bool,
+) -> ApiResult {
     let Path(id) = id?;
     let Json(body) = body?;
     let key = dto::key(&body.sku, &body.warehouse)?;
     let reservation_id = dto::reservation_id(&id)?;
-    let command = if commit { Command::Commit { reservation_id } } else { Command::Release { reservation_id } };
+    let command = if commit {
+        Command::Commit { reservation_id }
+    } else {
+        Command::Release { reservation_id }
+    };
     run(&state, key, command).await
 }
 
-pub async fn commit(State(state): State<AppState>, id: Result<Path<String>, PathRejection>, body: Body<KeyBody>) -> ApiResult {
+pub async fn commit(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Body<KeyBody>,
+) -> ApiResult {
     finish(state, id, body, true).await
 }
 
-pub async fn release(State(state): State<AppState>, id: Result<Path<String>, PathRejection>, body: Body<KeyBody>) -> ApiResult {
+pub async fn release(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Body<KeyBody>,
+) -> ApiResult {
     finish(state, id, body, false).await
 }
 
@@ -58,21 +75,33 @@ pub async fn get_key(State(state): State<AppState>, path: KeyPath) -> ApiResult 
     Ok((StatusCode::OK, Json(view_body(&key, &view))))
 }
 
-pub async fn set_on_hand(State(state): State<AppState>, path: KeyPath, body: Body<SetOnHandBody>) -> ApiResult {
+pub async fn set_on_hand(
+    State(state): State<AppState>,
+    path: KeyPath,
+    body: Body<SetOnHandBody>,
+) -> ApiResult {
     let Path((sku, wh)) = path?;
     let key = dto::key(&sku, &wh)?;
     let Json(body) = body?;
     run(&state, key, body.into_command()?).await
 }
 
-pub async fn receive(State(state): State<AppState>, path: KeyPath, body: Body<ReceiptBody>) -> ApiResult {
+pub async fn receive(
+    State(state): State<AppState>,
+    path: KeyPath,
+    body: Body<ReceiptBody>,
+) -> ApiResult {
     let Path((sku, wh)) = path?;
     let key = dto::key(&sku, &wh)?;
     let Json(body) = body?;
     run(&state, key, body.into_command()?).await
 }
 
-pub async fn set_safety_stock(State(state): State<AppState>, path: KeyPath, body: Body<SafetyStockBody>) -> ApiResult {
+pub async fn set_safety_stock(
+    State(state): State<AppState>,
+    path: KeyPath,
+    body: Body<SafetyStockBody>,
+) -> ApiResult {
     let Path((sku, wh)) = path?;
     let key = dto::key(&sku, &wh)?;
     let Json(body) = body?;
@@ -80,20 +109,38 @@ pub async fn set_safety_stock(State(state): State<AppState>, path: KeyPath, body
 }
 
 /// Every warehouse that has stock state for the SKU, and the totals.
-pub async fn get_sku(State(state): State<AppState>, sku: Result<Path<String>, PathRejection>) -> ApiResult {
+pub async fn get_sku(
+    State(state): State<AppState>,
+    sku: Result<Path<String>, PathRejection>,
+) -> ApiResult {
     let Path(sku) = sku?;
     let sku = dto::sku(&sku)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let reply = Box::new(move |r| {
         let _ = tx.send(r);
     });
-    state.node.writer().submit(Request::ListWarehouses { sku: sku.as_str().to_owned(), reply }).await.map_err(crate::actors::ServiceError::from)?;
-    let warehouses = rx.await.map_err(|_| StorageError::WriterStopped).map_err(crate::actors::ServiceError::from)?.map_err(crate::actors::ServiceError::from)?;
-    let reads = warehouses.iter().filter_map(|w| dto::warehouse(w).ok()).map(|w| {
-        let key = StockKey::new(sku.clone(), w);
-        let node = state.node.clone();
-        async move { node.read(key.clone()).await.map(|v| (key, v)) }
-    });
+    state
+        .node
+        .writer()
+        .submit(Request::ListWarehouses {
+            sku: sku.as_str().to_owned(),
+            reply,
+        })
+        .await
+        .map_err(crate::actors::ServiceError::from)?;
+    let warehouses = rx
+        .await
+        .map_err(|_| StorageError::WriterStopped)
+        .map_err(crate::actors::ServiceError::from)?
+        .map_err(crate::actors::ServiceError::from)?;
+    let reads = warehouses
+        .iter()
+        .filter_map(|w| dto::warehouse(w).ok())
+        .map(|w| {
+            let key = StockKey::new(sku.clone(), w);
+            let node = state.node.clone();
+            async move { node.read(key.clone()).await.map(|v| (key, v)) }
+        });
     let views = futures::future::try_join_all(reads).await?;
     let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
     let rows: Vec<Value> = views
@@ -106,5 +153,8 @@ pub async fn get_sku(State(state): State<AppState>, sku: Result<Path<String>, Pa
         })
         .collect();
     let total = json!({ "on_hand": on_hand, "reserved": reserved, "available": available });
-    Ok((StatusCode::OK, Json(json!({ "sku": sku.as_str(), "warehouses": rows, "total": total }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "sku": sku.as_str(), "warehouses": rows, "total": total })),
+    ))
 }

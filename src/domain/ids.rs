@@ -118,7 +118,10 @@ impl StockKey {
 
     pub fn from_storage_name(s: &str) -> Option<Self> {
         let (sku, wh) = s.split_once('/')?;
-        Some(Self::new(Sku::parse(sku).ok()?, WarehouseId::parse(wh).ok()?))
+        Some(Self::new(
+            Sku::parse(sku).ok()?,
+            WarehouseId::parse(wh).ok()?,
+        ))
     }
 }
 

@@ -26,12 +26,30 @@ use std::collections::{BTreeMap, BTreeSet};
 /// What the client asked of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Reserve { reservation_id: ReservationId, qty: Qty, ttl_ms: u64, order_id: Option<OrderId> },
-    Commit { reservation_id: ReservationId },
-    Release { reservation_id: ReservationId },
-    Receive { op_id: OpId, qty: Qty },
-    SetOnHand { op_id: OpId, on_hand: u64 },
-    SetSafetyStock { op_id: OpId, safety_stock: u64 },
+    Reserve {
+        reservation_id: ReservationId,
+        qty: Qty,
+        ttl_ms: u64,
+        order_id: Option<OrderId>,
+    },
+    Commit {
+        reservation_id: ReservationId,
+    },
+    Release {
+        reservation_id: ReservationId,
+    },
+    Receive {
+        op_id: OpId,
+        qty: Qty,
+    },
+    SetOnHand {
+        op_id: OpId,
+        on_hand: u64,
+    },
+    SetSafetyStock {
+        op_id: OpId,
+        safety_stock: u64,
+    },
 }
 
 /// The body of an op-id request, kept to tell a replay from a conflicting reuse of the id (C3).
@@ -46,22 +64,52 @@ pub enum OpRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub enum Outcome {
-    Reserved { qty: u64, expires_at_ms: u64, available: u64, replay: bool },
-    Insufficient { requested: u64, available: u64, replay: bool },
-    Committed { qty: u64, replay: bool },
-    Released { qty: u64, replay: bool },
+    Reserved {
+        qty: u64,
+        expires_at_ms: u64,
+        available: u64,
+        replay: bool,
+    },
+    Insufficient {
+        requested: u64,
+        available: u64,
+        replay: bool,
+    },
+    Committed {
+        qty: u64,
+        replay: bool,
+    },
+    Released {
+        qty: u64,
+        replay: bool,
+    },
     /// Receipt, count and safety-stock changes answer with the resulting stock figures.
-    StockSet { on_hand: u64, reserved: u64, safety_stock: u64, available: u64, replay: bool },
+    StockSet {
+        on_hand: u64,
+        reserved: u64,
+        safety_stock: u64,
+        available: u64,
+        replay: bool,
+    },
     /// A cycle count below what is reserved: refused, because accepting it would break
     /// `reserved <= on_hand`; the shortfall is reported so the operator can act on it.
-    CountBelowReserved { counted: u64, reserved: u64, shortfall: u64, replay: bool },
+    CountBelowReserved {
+        counted: u64,
+        reserved: u64,
+        shortfall: u64,
+        replay: bool,
+    },
     /// The result would exceed `MAX_STOCK`. Not recorded: nothing changed.
-    StockLimit { limit: u64 },
+    StockLimit {
+        limit: u64,
+    },
     IdConflict,
     UnknownReservation,
     /// Commit or release of a reservation that was refused for lack of stock.
     NotHeld,
-    Expired { expires_at_ms: u64 },
+    Expired {
+        expires_at_ms: u64,
+    },
     AlreadyReleased,
     AlreadyCommitted,
 }
@@ -82,14 +130,44 @@ impl Outcome {
 /// A fact about one key, in journal order. Every event bumps `version` by one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Reserved { reservation_id: ReservationId, qty: u64, ttl_ms: u64, order_id: Option<OrderId>, at_ms: u64 },
-    ReserveRefused { reservation_id: ReservationId, qty: u64, ttl_ms: u64, order_id: Option<OrderId>, at_ms: u64, available: u64 },
-    Committed { reservation_id: ReservationId, at_ms: u64 },
-    Released { reservation_id: ReservationId, at_ms: u64 },
+    Reserved {
+        reservation_id: ReservationId,
+        qty: u64,
+        ttl_ms: u64,
+        order_id: Option<OrderId>,
+        at_ms: u64,
+    },
+    ReserveRefused {
+        reservation_id: ReservationId,
+        qty: u64,
+        ttl_ms: u64,
+        order_id: Option<OrderId>,
+        at_ms: u64,
+        available: u64,
+    },
+    Committed {
+        reservation_id: ReservationId,
+        at_ms: u64,
+    },
+    Released {
+        reservation_id: ReservationId,
+        at_ms: u64,
+    },
     /// Holds whose time ran out, in expiry order. Each expired at its own `expires_at_ms`.
-    Expired { reservation_ids: Vec<ReservationId>, at_ms: u64 },
-    OpApplied { op_id: OpId, request: OpRequest, at_ms: u64 },
-    CountRefused { op_id: OpId, counted: u64, at_ms: u64 },
+    Expired {
+        reservation_ids: Vec<ReservationId>,
+        at_ms: u64,
+    },
+    OpApplied {
+        op_id: OpId,
+        request: OpRequest,
+        at_ms: u64,
+    },
+    CountRefused {
+        op_id: OpId,
+        counted: u64,
+        at_ms: u64,
+    },
 }
 
 impl Event {
@@ -113,7 +191,9 @@ pub enum ReservationStatus {
     Released,
     Expired,
     /// Refused for lack of stock; `available` is what the refusal reported.
-    Refused { available: u64 },
+    Refused {
+        available: u64,
+    },
 }
 
 /// What stockring remembers of one reservation id: its request (for C3), its hold, its fate.
@@ -203,7 +283,9 @@ impl StockState {
     }
 
     fn available_raw(&self) -> u64 {
-        self.on_hand.saturating_sub(self.reserved).saturating_sub(self.safety_stock)
+        self.on_hand
+            .saturating_sub(self.reserved)
+            .saturating_sub(self.safety_stock)
     }
 
     /// The key as of `now_ms`, counting holds due by then as expired. Changes nothing.
@@ -219,7 +301,10 @@ impl StockState {
         StockView {
             on_hand: self.on_hand,
             reserved,
-            available: self.on_hand.saturating_sub(reserved).saturating_sub(self.safety_stock),
+            available: self
+                .on_hand
+                .saturating_sub(reserved)
+                .saturating_sub(self.safety_stock),
             safety_stock: self.safety_stock,
             version: self.version,
         }
@@ -254,7 +339,10 @@ impl StockState {
         if due.is_empty() {
             return None;
         }
-        let event = Event::Expired { reservation_ids: due, at_ms: now_ms };
+        let event = Event::Expired {
+            reservation_ids: due,
+            at_ms: now_ms,
+        };
         self.apply_event(&event);
         Some(event)
     }
@@ -262,20 +350,30 @@ impl StockState {
     /// Decides a command against the current state without changing it.
     fn decide(&self, command: &Command, now_ms: u64) -> (Outcome, Option<Event>) {
         match command {
-            Command::Reserve { reservation_id, qty, ttl_ms, order_id } => {
-                self.decide_reserve(reservation_id, qty.get(), *ttl_ms, order_id, now_ms)
-            }
+            Command::Reserve {
+                reservation_id,
+                qty,
+                ttl_ms,
+                order_id,
+            } => self.decide_reserve(reservation_id, qty.get(), *ttl_ms, order_id, now_ms),
             Command::Commit { reservation_id } => self.decide_finish(reservation_id, now_ms, true),
-            Command::Release { reservation_id } => self.decide_finish(reservation_id, now_ms, false),
+            Command::Release { reservation_id } => {
+                self.decide_finish(reservation_id, now_ms, false)
+            }
             Command::Receive { op_id, qty } => {
                 self.decide_op(op_id, OpRequest::Receive { qty: qty.get() }, now_ms)
             }
             Command::SetOnHand { op_id, on_hand } => {
                 self.decide_op(op_id, OpRequest::SetOnHand { on_hand: *on_hand }, now_ms)
             }
-            Command::SetSafetyStock { op_id, safety_stock } => self.decide_op(
+            Command::SetSafetyStock {
                 op_id,
-                OpRequest::SetSafetyStock { safety_stock: *safety_stock },
+                safety_stock,
+            } => self.decide_op(
+                op_id,
+                OpRequest::SetSafetyStock {
+                    safety_stock: *safety_stock,
+                },
                 now_ms,
             ),
         }
@@ -295,9 +393,11 @@ impl StockState {
                 return (Outcome::IdConflict, None);
             }
             let outcome = match r.status {
-                ReservationStatus::Refused { available } => {
-                    Outcome::Insufficient { requested: qty, available, replay: true }
-                }
+                ReservationStatus::Refused { available } => Outcome::Insufficient {
+                    requested: qty,
+                    available,
+                    replay: true,
+                },
                 _ => Outcome::Reserved {
                     qty,
                     expires_at_ms: r.expires_at_ms,
@@ -317,7 +417,14 @@ impl StockState {
                 at_ms: now_ms,
                 available,
             };
-            return (Outcome::Insufficient { requested: qty, available, replay: false }, Some(event));
+            return (
+                Outcome::Insufficient {
+                    requested: qty,
+                    available,
+                    replay: false,
+                },
+                Some(event),
+            );
         }
         let outcome = Outcome::Reserved {
             qty,
@@ -336,7 +443,12 @@ impl StockState {
     }
 
     /// Commit (`commit == true`) or release of a reservation.
-    fn decide_finish(&self, id: &ReservationId, now_ms: u64, commit: bool) -> (Outcome, Option<Event>) {
+    fn decide_finish(
+        &self,
+        id: &ReservationId,
+        now_ms: u64,
+        commit: bool,
+    ) -> (Outcome, Option<Event>) {
         let Some(r) = self.reservations.get(id) else {
             return (Outcome::UnknownReservation, None);
         };
@@ -344,18 +456,53 @@ impl StockState {
             (ReservationStatus::Held, _) => {
                 let reservation_id = id.clone();
                 if commit {
-                    let outcome = Outcome::Committed { qty: r.qty, replay: false };
-                    (outcome, Some(Event::Committed { reservation_id, at_ms: now_ms }))
+                    let outcome = Outcome::Committed {
+                        qty: r.qty,
+                        replay: false,
+                    };
+                    (
+                        outcome,
+                        Some(Event::Committed {
+                            reservation_id,
+                            at_ms: now_ms,
+                        }),
+                    )
                 } else {
-                    let outcome = Outcome::Released { qty: r.qty, replay: false };
-                    (outcome, Some(Event::Released { reservation_id, at_ms: now_ms }))
+                    let outcome = Outcome::Released {
+                        qty: r.qty,
+                        replay: false,
+                    };
+                    (
+                        outcome,
+                        Some(Event::Released {
+                            reservation_id,
+                            at_ms: now_ms,
+                        }),
+                    )
                 }
             }
-            (ReservationStatus::Committed, true) => (Outcome::Committed { qty: r.qty, replay: true }, None),
-            (ReservationStatus::Released, false) => (Outcome::Released { qty: r.qty, replay: true }, None),
+            (ReservationStatus::Committed, true) => (
+                Outcome::Committed {
+                    qty: r.qty,
+                    replay: true,
+                },
+                None,
+            ),
+            (ReservationStatus::Released, false) => (
+                Outcome::Released {
+                    qty: r.qty,
+                    replay: true,
+                },
+                None,
+            ),
             (ReservationStatus::Committed, false) => (Outcome::AlreadyCommitted, None),
             (ReservationStatus::Released, true) => (Outcome::AlreadyReleased, None),
-            (ReservationStatus::Expired, _) => (Outcome::Expired { expires_at_ms: r.expires_at_ms }, None),
+            (ReservationStatus::Expired, _) => (
+                Outcome::Expired {
+                    expires_at_ms: r.expires_at_ms,
+                },
+                None,
+            ),
             (ReservationStatus::Refused { .. }, _) => (Outcome::NotHeld, None),
         }
     }
@@ -367,7 +514,11 @@ impl StockState {
             }
             return (replayed(&rec.outcome), None);
         }
-        let applied = Event::OpApplied { op_id: op_id.clone(), request, at_ms: now_ms };
+        let applied = Event::OpApplied {
+            op_id: op_id.clone(),
+            request,
+            at_ms: now_ms,
+        };
         match request {
             OpRequest::Receive { qty } => match self.on_hand.checked_add(qty) {
                 Some(n) if n <= MAX_STOCK => {
@@ -385,18 +536,24 @@ impl StockState {
                     shortfall: self.reserved - on_hand,
                     replay: false,
                 };
-                let event = Event::CountRefused { op_id: op_id.clone(), counted: on_hand, at_ms: now_ms };
+                let event = Event::CountRefused {
+                    op_id: op_id.clone(),
+                    counted: on_hand,
+                    at_ms: now_ms,
+                };
                 (outcome, Some(event))
             }
-            OpRequest::SetOnHand { on_hand } => {
-                (self.stock_outcome(on_hand, self.safety_stock), Some(applied))
-            }
+            OpRequest::SetOnHand { on_hand } => (
+                self.stock_outcome(on_hand, self.safety_stock),
+                Some(applied),
+            ),
             OpRequest::SetSafetyStock { safety_stock } if safety_stock > MAX_STOCK => {
                 (Outcome::StockLimit { limit: MAX_STOCK }, None)
             }
-            OpRequest::SetSafetyStock { safety_stock } => {
-                (self.stock_outcome(self.on_hand, safety_stock), Some(applied))
-            }
+            OpRequest::SetSafetyStock { safety_stock } => (
+                self.stock_outcome(self.on_hand, safety_stock),
+                Some(applied),
+            ),
         }
     }
 
@@ -405,7 +562,9 @@ impl StockState {
             on_hand,
             reserved: self.reserved,
             safety_stock,
-            available: on_hand.saturating_sub(self.reserved).saturating_sub(safety_stock),
+            available: on_hand
+                .saturating_sub(self.reserved)
+                .saturating_sub(safety_stock),
             replay: false,
         }
     }
@@ -416,7 +575,13 @@ impl StockState {
         let at_ms = event.at_ms();
         assert!(at_ms >= self.last_now_ms, "event time went backwards");
         match event {
-            Event::Reserved { reservation_id, qty, ttl_ms, order_id, .. } => {
+            Event::Reserved {
+                reservation_id,
+                qty,
+                ttl_ms,
+                order_id,
+                ..
+            } => {
                 let available = self.available_raw();
                 assert!(*qty <= available, "journal reserves more than is available");
                 let seq = self.next_seq;
@@ -424,7 +589,8 @@ impl StockState {
                 let expires_at_ms = at_ms + ttl_ms;
                 self.reserved += qty;
                 self.held_count += 1;
-                self.expiry_queue.insert((expires_at_ms, seq, reservation_id.clone()));
+                self.expiry_queue
+                    .insert((expires_at_ms, seq, reservation_id.clone()));
                 let r = Reservation {
                     qty: *qty,
                     ttl_ms: *ttl_ms,
@@ -439,7 +605,14 @@ impl StockState {
                 let old = self.reservations.insert(reservation_id.clone(), r);
                 assert!(old.is_none(), "journal reuses a reservation id");
             }
-            Event::ReserveRefused { reservation_id, qty, ttl_ms, order_id, available, .. } => {
+            Event::ReserveRefused {
+                reservation_id,
+                qty,
+                ttl_ms,
+                order_id,
+                available,
+                ..
+            } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let r = Reservation {
@@ -449,7 +622,9 @@ impl StockState {
                     created_at_ms: at_ms,
                     expires_at_ms: at_ms,
                     available_after: *available,
-                    status: ReservationStatus::Refused { available: *available },
+                    status: ReservationStatus::Refused {
+                        available: *available,
+                    },
                     status_at_ms: at_ms,
                     seq,
                 };
@@ -463,7 +638,9 @@ impl StockState {
             Event::Released { reservation_id, .. } => {
                 self.end_hold(reservation_id, ReservationStatus::Released, at_ms);
             }
-            Event::Expired { reservation_ids, .. } => {
+            Event::Expired {
+                reservation_ids, ..
+            } => {
                 for id in reservation_ids {
                     let r = &self.reservations[id];
                     assert!(r.expires_at_ms <= at_ms, "hold expired early");
@@ -476,14 +653,29 @@ impl StockState {
             Event::OpApplied { op_id, request, .. } => {
                 let outcome = match *request {
                     OpRequest::Receive { qty } => {
-                        let on_hand = self.on_hand.checked_add(qty).expect("journal overflows on_hand");
+                        let on_hand = self
+                            .on_hand
+                            .checked_add(qty)
+                            .expect("journal overflows on_hand");
                         self.stock_outcome(on_hand, self.safety_stock)
                     }
-                    OpRequest::SetOnHand { on_hand } => self.stock_outcome(on_hand, self.safety_stock),
-                    OpRequest::SetSafetyStock { safety_stock } => self.stock_outcome(self.on_hand, safety_stock),
+                    OpRequest::SetOnHand { on_hand } => {
+                        self.stock_outcome(on_hand, self.safety_stock)
+                    }
+                    OpRequest::SetSafetyStock { safety_stock } => {
+                        self.stock_outcome(self.on_hand, safety_stock)
+                    }
                 };
-                if let Outcome::StockSet { on_hand, safety_stock, .. } = outcome {
-                    assert!(on_hand >= self.reserved && on_hand <= MAX_STOCK, "op breaks C1");
+                if let Outcome::StockSet {
+                    on_hand,
+                    safety_stock,
+                    ..
+                } = outcome
+                {
+                    assert!(
+                        on_hand >= self.reserved && on_hand <= MAX_STOCK,
+                        "op breaks C1"
+                    );
                     self.on_hand = on_hand;
                     self.safety_stock = safety_stock;
                 }
@@ -497,7 +689,12 @@ impl StockState {
                     shortfall: self.reserved - counted,
                     replay: false,
                 };
-                self.record_op(op_id, OpRequest::SetOnHand { on_hand: *counted }, outcome, at_ms);
+                self.record_op(
+                    op_id,
+                    OpRequest::SetOnHand { on_hand: *counted },
+                    outcome,
+                    at_ms,
+                );
             }
         }
         self.version += 1;
@@ -506,17 +703,33 @@ impl StockState {
     }
 
     fn record_op(&mut self, op_id: &OpId, request: OpRequest, outcome: Outcome, at_ms: u64) {
-        let old = self.ops.insert(op_id.clone(), OpRecord { request, outcome, at_ms });
+        let old = self.ops.insert(
+            op_id.clone(),
+            OpRecord {
+                request,
+                outcome,
+                at_ms,
+            },
+        );
         assert!(old.is_none(), "journal reuses an op id");
     }
 
     /// Ends a held reservation; returns its quantity.
     fn end_hold(&mut self, id: &ReservationId, status: ReservationStatus, at_ms: u64) -> u64 {
-        let r = self.reservations.get_mut(id).expect("journal ends an unknown hold");
-        assert_eq!(r.status, ReservationStatus::Held, "journal ends a hold that is not held");
+        let r = self
+            .reservations
+            .get_mut(id)
+            .expect("journal ends an unknown hold");
+        assert_eq!(
+            r.status,
+            ReservationStatus::Held,
+            "journal ends a hold that is not held"
+        );
         r.status = status;
         r.status_at_ms = at_ms;
-        let removed = self.expiry_queue.remove(&(r.expires_at_ms, r.seq, id.clone()));
+        let removed = self
+            .expiry_queue
+            .remove(&(r.expires_at_ms, r.seq, id.clone()));
         assert!(removed, "held reservation missing from the expiry queue");
         self.reserved -= r.qty;
         self.held_count -= 1;
@@ -537,9 +750,16 @@ impl StockState {
 
     /// O(1) invariants, checked after every step in production too.
     fn check_cheap(&self) {
-        assert!(self.reserved <= self.on_hand, "C1: reserved exceeds on_hand");
+        assert!(
+            self.reserved <= self.on_hand,
+            "C1: reserved exceeds on_hand"
+        );
         assert!(self.on_hand <= MAX_STOCK, "on_hand over limit");
-        assert_eq!(self.held_count as usize, self.expiry_queue.len(), "expiry queue out of sync");
+        assert_eq!(
+            self.held_count as usize,
+            self.expiry_queue.len(),
+            "expiry queue out of sync"
+        );
     }
 
     /// Every invariant, by walking the whole state. Used by tests and on snapshot load.
@@ -556,13 +776,19 @@ impl StockState {
             (self.on_hand <= MAX_STOCK, "on_hand over limit"),
             (self.safety_stock <= MAX_STOCK, "safety stock over limit"),
             (held.len() as u64 == self.held_count, "held count wrong"),
-            (held.len() == self.expiry_queue.len(), "expiry queue size wrong"),
+            (
+                held.len() == self.expiry_queue.len(),
+                "expiry queue size wrong",
+            ),
         ];
         if let Some((_, why)) = ok.iter().find(|(holds, _)| !holds) {
             return Err(CorruptState(why));
         }
         for (id, r) in held {
-            if !self.expiry_queue.contains(&(r.expires_at_ms, r.seq, (*id).clone())) {
+            if !self
+                .expiry_queue
+                .contains(&(r.expires_at_ms, r.seq, (*id).clone()))
+            {
                 return Err(CorruptState("held reservation not queued"));
             }
             if r.seq >= self.next_seq || r.qty == 0 {
@@ -579,8 +805,16 @@ impl StockState {
             version: self.version,
             last_now_ms: self.last_now_ms,
             next_seq: self.next_seq,
-            reservations: self.reservations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            ops: self.ops.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            reservations: self
+                .reservations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ops: self
+                .ops
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -600,7 +834,9 @@ impl StockState {
                     .checked_add(r.qty)
                     .ok_or(CorruptState("reserved overflows"))?;
                 state.held_count += 1;
-                state.expiry_queue.insert((r.expires_at_ms, r.seq, id.clone()));
+                state
+                    .expiry_queue
+                    .insert((r.expires_at_ms, r.seq, id.clone()));
             }
             state.reservations.insert(id, r);
         }
@@ -613,7 +849,9 @@ impl StockState {
 fn replayed(outcome: &Outcome) -> Outcome {
     let mut o = outcome.clone();
     match &mut o {
-        Outcome::StockSet { replay, .. } | Outcome::CountBelowReserved { replay, .. } => *replay = true,
+        Outcome::StockSet { replay, .. } | Outcome::CountBelowReserved { replay, .. } => {
+            *replay = true
+        }
         _ => {}
     }
     o

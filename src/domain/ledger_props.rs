@@ -37,11 +37,17 @@ struct Model {
 
 impl Model {
     fn reserved(&self) -> u64 {
-        self.holds.iter().filter(|h| h.st == St::Held).map(|h| h.qty).sum()
+        self.holds
+            .iter()
+            .filter(|h| h.st == St::Held)
+            .map(|h| h.qty)
+            .sum()
     }
 
     fn available(&self) -> u64 {
-        self.on_hand.saturating_sub(self.reserved()).saturating_sub(self.safety)
+        self.on_hand
+            .saturating_sub(self.reserved())
+            .saturating_sub(self.safety)
     }
 
     /// Expires holds due by `now`, oldest deadline first, ties in creation order (Vec order).
@@ -62,48 +68,101 @@ impl Model {
             .filter(|h| h.st == St::Held && h.expires > now)
             .map(|h| h.qty)
             .sum();
-        let avail = self.on_hand.saturating_sub(reserved).saturating_sub(self.safety);
+        let avail = self
+            .on_hand
+            .saturating_sub(reserved)
+            .saturating_sub(self.safety);
         (self.on_hand, reserved, avail)
     }
 
     fn apply(&mut self, cmd: &Command, now: u64) -> Outcome {
         self.expire(now);
         match cmd {
-            Command::Reserve { reservation_id, qty, ttl_ms, order_id } => {
+            Command::Reserve {
+                reservation_id,
+                qty,
+                ttl_ms,
+                order_id,
+            } => {
                 let order = order_id.as_ref().map(|o| o.to_string());
                 self.reserve(reservation_id.as_str(), qty.get(), *ttl_ms, order, now)
             }
             Command::Commit { reservation_id } => self.finish(reservation_id.as_str(), true),
             Command::Release { reservation_id } => self.finish(reservation_id.as_str(), false),
-            Command::Receive { op_id, qty } => self.op(op_id.as_str(), OpRequest::Receive { qty: qty.get() }),
+            Command::Receive { op_id, qty } => {
+                self.op(op_id.as_str(), OpRequest::Receive { qty: qty.get() })
+            }
             Command::SetOnHand { op_id, on_hand } => {
                 self.op(op_id.as_str(), OpRequest::SetOnHand { on_hand: *on_hand })
             }
-            Command::SetSafetyStock { op_id, safety_stock } => {
-                self.op(op_id.as_str(), OpRequest::SetSafetyStock { safety_stock: *safety_stock })
-            }
+            Command::SetSafetyStock {
+                op_id,
+                safety_stock,
+            } => self.op(
+                op_id.as_str(),
+                OpRequest::SetSafetyStock {
+                    safety_stock: *safety_stock,
+                },
+            ),
         }
     }
 
-    fn reserve(&mut self, id: &str, qty: u64, ttl: u64, order: Option<String>, now: u64) -> Outcome {
+    fn reserve(
+        &mut self,
+        id: &str,
+        qty: u64,
+        ttl: u64,
+        order: Option<String>,
+        now: u64,
+    ) -> Outcome {
         if let Some(h) = self.holds.iter().find(|h| h.id == id) {
             if h.qty != qty || h.ttl != ttl || h.order != order {
                 return Outcome::IdConflict;
             }
             return match h.st {
-                St::Refused(available) => Outcome::Insufficient { requested: qty, available, replay: true },
-                _ => Outcome::Reserved { qty, expires_at_ms: h.expires, available: h.avail_after, replay: true },
+                St::Refused(available) => Outcome::Insufficient {
+                    requested: qty,
+                    available,
+                    replay: true,
+                },
+                _ => Outcome::Reserved {
+                    qty,
+                    expires_at_ms: h.expires,
+                    available: h.avail_after,
+                    replay: true,
+                },
             };
         }
         let available = self.available();
         let (st, avail_after, outcome) = if qty > available {
-            (St::Refused(available), available, Outcome::Insufficient { requested: qty, available, replay: false })
+            (
+                St::Refused(available),
+                available,
+                Outcome::Insufficient {
+                    requested: qty,
+                    available,
+                    replay: false,
+                },
+            )
         } else {
-            let o = Outcome::Reserved { qty, expires_at_ms: now + ttl, available: available - qty, replay: false };
+            let o = Outcome::Reserved {
+                qty,
+                expires_at_ms: now + ttl,
+                available: available - qty,
+                replay: false,
+            };
             (St::Held, available - qty, o)
         };
         let expires = if st == St::Held { now + ttl } else { now };
-        self.holds.push(MHold { id: id.into(), qty, ttl, order, expires, avail_after, st });
+        self.holds.push(MHold {
+            id: id.into(),
+            qty,
+            ttl,
+            order,
+            expires,
+            avail_after,
+            st,
+        });
         outcome
     }
 
@@ -115,17 +174,31 @@ impl Model {
             (St::Held, true) => {
                 h.st = St::Committed;
                 self.on_hand -= h.qty;
-                Outcome::Committed { qty: h.qty, replay: false }
+                Outcome::Committed {
+                    qty: h.qty,
+                    replay: false,
+                }
             }
             (St::Held, false) => {
                 h.st = St::Released;
-                Outcome::Released { qty: h.qty, replay: false }
+                Outcome::Released {
+                    qty: h.qty,
+                    replay: false,
+                }
             }
-            (St::Committed, true) => Outcome::Committed { qty: h.qty, replay: true },
-            (St::Released, false) => Outcome::Released { qty: h.qty, replay: true },
+            (St::Committed, true) => Outcome::Committed {
+                qty: h.qty,
+                replay: true,
+            },
+            (St::Released, false) => Outcome::Released {
+                qty: h.qty,
+                replay: true,
+            },
             (St::Committed, false) => Outcome::AlreadyCommitted,
             (St::Released, true) => Outcome::AlreadyReleased,
-            (St::Expired, _) => Outcome::Expired { expires_at_ms: h.expires },
+            (St::Expired, _) => Outcome::Expired {
+                expires_at_ms: h.expires,
+            },
             (St::Refused(_), _) => Outcome::NotHeld,
         }
     }
@@ -136,7 +209,9 @@ impl Model {
                 return Outcome::IdConflict;
             }
             let mut o = o.clone();
-            if let Outcome::StockSet { replay, .. } | Outcome::CountBelowReserved { replay, .. } = &mut o {
+            if let Outcome::StockSet { replay, .. } | Outcome::CountBelowReserved { replay, .. } =
+                &mut o
+            {
                 *replay = true;
             }
             return o;
@@ -266,25 +341,65 @@ proptest! {
 fn a_hold_is_live_until_the_instant_it_expires() {
     let mut s = StockState::default();
     let op = OpId::parse("op").unwrap();
-    let _ = s.apply(&Command::Receive { op_id: op, qty: Qty::new(5).unwrap() }, 0);
+    let _ = s.apply(
+        &Command::Receive {
+            op_id: op,
+            qty: Qty::new(5).unwrap(),
+        },
+        0,
+    );
     let r = ReservationId::parse("r").unwrap();
-    let reserve = Command::Reserve { reservation_id: r.clone(), qty: Qty::new(5).unwrap(), ttl_ms: 100, order_id: None };
+    let reserve = Command::Reserve {
+        reservation_id: r.clone(),
+        qty: Qty::new(5).unwrap(),
+        ttl_ms: 100,
+        order_id: None,
+    };
     let (o, _) = s.apply(&reserve, 1_000);
-    assert!(matches!(o, Outcome::Reserved { expires_at_ms: 1_100, available: 0, .. }));
+    assert!(matches!(
+        o,
+        Outcome::Reserved {
+            expires_at_ms: 1_100,
+            available: 0,
+            ..
+        }
+    ));
     assert_eq!(s.view(1_099).available, 0);
     assert_eq!(s.view(1_100).available, 5);
     let mut early = s.clone();
-    let (o, _) = early.apply(&Command::Commit { reservation_id: r.clone() }, 1_099);
-    assert!(matches!(o, Outcome::Committed { qty: 5, replay: false }));
+    let (o, _) = early.apply(
+        &Command::Commit {
+            reservation_id: r.clone(),
+        },
+        1_099,
+    );
+    assert!(matches!(
+        o,
+        Outcome::Committed {
+            qty: 5,
+            replay: false
+        }
+    ));
     let (o, events) = s.apply(&Command::Commit { reservation_id: r }, 1_100);
-    assert_eq!(o, Outcome::Expired { expires_at_ms: 1_100 });
+    assert_eq!(
+        o,
+        Outcome::Expired {
+            expires_at_ms: 1_100
+        }
+    );
     assert!(matches!(&events[..], [Event::Expired { .. }]));
 }
 
 #[test]
 fn a_count_below_reserved_is_refused_with_the_shortfall() {
     let mut s = StockState::default();
-    let _ = s.apply(&Command::Receive { op_id: OpId::parse("a").unwrap(), qty: Qty::new(10).unwrap() }, 0);
+    let _ = s.apply(
+        &Command::Receive {
+            op_id: OpId::parse("a").unwrap(),
+            qty: Qty::new(10).unwrap(),
+        },
+        0,
+    );
     let reserve = Command::Reserve {
         reservation_id: ReservationId::parse("r").unwrap(),
         qty: Qty::new(7).unwrap(),
@@ -292,15 +407,35 @@ fn a_count_below_reserved_is_refused_with_the_shortfall() {
         order_id: None,
     };
     let _ = s.apply(&reserve, 1);
-    let (o, _) = s.apply(&Command::SetOnHand { op_id: OpId::parse("c").unwrap(), on_hand: 4 }, 2);
-    assert_eq!(o, Outcome::CountBelowReserved { counted: 4, reserved: 7, shortfall: 3, replay: false });
+    let (o, _) = s.apply(
+        &Command::SetOnHand {
+            op_id: OpId::parse("c").unwrap(),
+            on_hand: 4,
+        },
+        2,
+    );
+    assert_eq!(
+        o,
+        Outcome::CountBelowReserved {
+            counted: 4,
+            reserved: 7,
+            shortfall: 3,
+            replay: false
+        }
+    );
     assert_eq!(s.view(2).on_hand, 10);
 }
 
 #[test]
 fn corrupt_snapshots_are_refused() {
     let mut s = StockState::default();
-    let _ = s.apply(&Command::Receive { op_id: OpId::parse("a").unwrap(), qty: Qty::new(3).unwrap() }, 0);
+    let _ = s.apply(
+        &Command::Receive {
+            op_id: OpId::parse("a").unwrap(),
+            qty: Qty::new(3).unwrap(),
+        },
+        0,
+    );
     let reserve = Command::Reserve {
         reservation_id: ReservationId::parse("r").unwrap(),
         qty: Qty::new(3).unwrap(),

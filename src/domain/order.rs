@@ -29,7 +29,9 @@ pub enum OrderStatus {
     /// Every line is held.
     Reserved,
     /// A line could not be filled anywhere; every hold taken was released.
-    Failed { line: usize },
+    Failed {
+        line: usize,
+    },
     /// A crash interrupted `Reserving`; recovery released every hold.
     Aborted,
     /// Holds are being committed; recovery finishes this state.
@@ -56,7 +58,10 @@ impl OrderStatus {
 
     /// States a crash can interrupt, which recovery must drive to an end.
     pub fn in_flight(self) -> bool {
-        matches!(self, OrderStatus::Reserving | OrderStatus::Committing | OrderStatus::Releasing)
+        matches!(
+            self,
+            OrderStatus::Reserving | OrderStatus::Committing | OrderStatus::Releasing
+        )
     }
 }
 
@@ -104,7 +109,9 @@ impl Order {
     /// Every key a line may hold stock at, for recovery's undo of a half-reserved order.
     pub fn candidate_keys(&self, line: usize) -> impl Iterator<Item = StockKey> + '_ {
         let l = &self.request.lines[line];
-        l.warehouses.iter().map(|w| StockKey::new(l.sku.clone(), w.clone()))
+        l.warehouses
+            .iter()
+            .map(|w| StockKey::new(l.sku.clone(), w.clone()))
     }
 
     /// The keys this order holds stock at, line by line.
@@ -114,7 +121,10 @@ impl Order {
             .enumerate()
             .filter_map(|(i, w)| {
                 let w = w.as_ref()?;
-                Some((i, StockKey::new(self.request.lines[i].sku.clone(), w.clone())))
+                Some((
+                    i,
+                    StockKey::new(self.request.lines[i].sku.clone(), w.clone()),
+                ))
             })
             .collect()
     }
@@ -128,7 +138,10 @@ impl Order {
 
     pub fn all_held(&mut self) {
         assert_eq!(self.status, OrderStatus::Reserving);
-        assert!(self.allocation.iter().all(Option::is_some), "an unfilled line");
+        assert!(
+            self.allocation.iter().all(Option::is_some),
+            "an unfilled line"
+        );
         self.status = OrderStatus::Reserved;
     }
 
@@ -182,9 +195,19 @@ mod tests {
         let line = OrderLine {
             sku: Sku::parse("s").unwrap(),
             qty: Qty::new(1).unwrap(),
-            warehouses: vec![WarehouseId::parse("a").unwrap(), WarehouseId::parse("b").unwrap()],
+            warehouses: vec![
+                WarehouseId::parse("a").unwrap(),
+                WarehouseId::parse("b").unwrap(),
+            ],
         };
-        Order::new(OrderId::parse("o").unwrap(), OrderRequest { ttl_ms: 10, lines: vec![line] }, 5)
+        Order::new(
+            OrderId::parse("o").unwrap(),
+            OrderRequest {
+                ttl_ms: 10,
+                lines: vec![line],
+            },
+            5,
+        )
     }
 
     #[test]

@@ -15,10 +15,16 @@ pub struct DataDirLock {
 impl DataDirLock {
     pub fn acquire(data_dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(data_dir)?;
-        let file = File::options().create(true).truncate(false).write(true).open(data_dir.join("LOCK"))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join("LOCK"))?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(data_dir.to_owned())),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StorageError::Locked(data_dir.to_owned()))
+            }
             Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
         }
     }
@@ -62,7 +68,10 @@ fn verify(path: &Path) -> Result<(), StorageError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if check != "ok" {
-        return Err(StorageError::CommitFailed(format!("integrity check of {}: {check}", path.display())));
+        return Err(StorageError::CommitFailed(format!(
+            "integrity check of {}: {check}",
+            path.display()
+        )));
     }
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > store::SCHEMA_VERSION {

@@ -32,7 +32,9 @@ impl From<IdError> for CodecError {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn seal<T: Serialize>(value: &T) -> Vec<u8> {
@@ -58,13 +60,43 @@ fn open<T: for<'de> Deserialize<'de>>(blob: &[u8]) -> Result<T, CodecError> {
 
 #[derive(Serialize, Deserialize)]
 enum EventV1 {
-    Reserved { id: String, qty: u64, ttl: u64, order: Option<String>, at: u64 },
-    ReserveRefused { id: String, qty: u64, ttl: u64, order: Option<String>, at: u64, available: u64 },
-    Committed { id: String, at: u64 },
-    Released { id: String, at: u64 },
-    Expired { ids: Vec<String>, at: u64 },
-    OpApplied { op: String, request: OpRequestV1, at: u64 },
-    CountRefused { op: String, counted: u64, at: u64 },
+    Reserved {
+        id: String,
+        qty: u64,
+        ttl: u64,
+        order: Option<String>,
+        at: u64,
+    },
+    ReserveRefused {
+        id: String,
+        qty: u64,
+        ttl: u64,
+        order: Option<String>,
+        at: u64,
+        available: u64,
+    },
+    Committed {
+        id: String,
+        at: u64,
+    },
+    Released {
+        id: String,
+        at: u64,
+    },
+    Expired {
+        ids: Vec<String>,
+        at: u64,
+    },
+    OpApplied {
+        op: String,
+        request: OpRequestV1,
+        at: u64,
+    },
+    CountRefused {
+        op: String,
+        counted: u64,
+        at: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy)]
@@ -99,7 +131,10 @@ fn rid(s: &str) -> Result<ReservationId, CodecError> {
 }
 
 fn oid(s: &Option<String>) -> Result<Option<OrderId>, CodecError> {
-    s.as_deref().map(OrderId::parse).transpose().map_err(CodecError::from)
+    s.as_deref()
+        .map(OrderId::parse)
+        .transpose()
+        .map_err(CodecError::from)
 }
 
 fn ostr(o: &Option<OrderId>) -> Option<String> {
@@ -108,53 +143,103 @@ fn ostr(o: &Option<OrderId>) -> Option<String> {
 
 pub fn encode_event(e: &Event) -> Vec<u8> {
     let dto = match e {
-        Event::Reserved { reservation_id, qty, ttl_ms, order_id, at_ms } => EventV1::Reserved {
+        Event::Reserved {
+            reservation_id,
+            qty,
+            ttl_ms,
+            order_id,
+            at_ms,
+        } => EventV1::Reserved {
             id: reservation_id.as_str().into(),
             qty: *qty,
             ttl: *ttl_ms,
             order: ostr(order_id),
             at: *at_ms,
         },
-        Event::ReserveRefused { reservation_id, qty, ttl_ms, order_id, at_ms, available } => {
-            EventV1::ReserveRefused {
-                id: reservation_id.as_str().into(),
-                qty: *qty,
-                ttl: *ttl_ms,
-                order: ostr(order_id),
-                at: *at_ms,
-                available: *available,
-            }
-        }
-        Event::Committed { reservation_id, at_ms } => {
-            EventV1::Committed { id: reservation_id.as_str().into(), at: *at_ms }
-        }
-        Event::Released { reservation_id, at_ms } => {
-            EventV1::Released { id: reservation_id.as_str().into(), at: *at_ms }
-        }
-        Event::Expired { reservation_ids, at_ms } => EventV1::Expired {
-            ids: reservation_ids.iter().map(|r| r.as_str().to_owned()).collect(),
+        Event::ReserveRefused {
+            reservation_id,
+            qty,
+            ttl_ms,
+            order_id,
+            at_ms,
+            available,
+        } => EventV1::ReserveRefused {
+            id: reservation_id.as_str().into(),
+            qty: *qty,
+            ttl: *ttl_ms,
+            order: ostr(order_id),
+            at: *at_ms,
+            available: *available,
+        },
+        Event::Committed {
+            reservation_id,
+            at_ms,
+        } => EventV1::Committed {
+            id: reservation_id.as_str().into(),
             at: *at_ms,
         },
-        Event::OpApplied { op_id, request, at_ms } => {
-            EventV1::OpApplied { op: op_id.as_str().into(), request: (*request).into(), at: *at_ms }
-        }
-        Event::CountRefused { op_id, counted, at_ms } => {
-            EventV1::CountRefused { op: op_id.as_str().into(), counted: *counted, at: *at_ms }
-        }
+        Event::Released {
+            reservation_id,
+            at_ms,
+        } => EventV1::Released {
+            id: reservation_id.as_str().into(),
+            at: *at_ms,
+        },
+        Event::Expired {
+            reservation_ids,
+            at_ms,
+        } => EventV1::Expired {
+            ids: reservation_ids
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            at: *at_ms,
+        },
+        Event::OpApplied {
+            op_id,
+            request,
+            at_ms,
+        } => EventV1::OpApplied {
+            op: op_id.as_str().into(),
+            request: (*request).into(),
+            at: *at_ms,
+        },
+        Event::CountRefused {
+            op_id,
+            counted,
+            at_ms,
+        } => EventV1::CountRefused {
+            op: op_id.as_str().into(),
+            counted: *counted,
+            at: *at_ms,
+        },
     };
     seal(&dto)
 }
 
 pub fn decode_event(blob: &[u8]) -> Result<Event, CodecError> {
     Ok(match open::<EventV1>(blob)? {
-        EventV1::Reserved { id, qty, ttl, order, at } => Event::Reserved {
+        EventV1::Reserved {
+            id,
+            qty,
+            ttl,
+            order,
+            at,
+        } => Event::Reserved {
             reservation_id: rid(&id)?,
             qty,
             ttl_ms: ttl,
             order_id: oid(&order)?,
             at_ms: at,
         },
-        EventV1::ReserveRefused { id, qty, ttl, order, at, available } => Event::ReserveRefused {
+        EventV1::ReserveRefused {
+            id,
+            qty,
+            ttl,
+            order,
+            at,
+            available,
+        } => Event::ReserveRefused {
             reservation_id: rid(&id)?,
             qty,
             ttl_ms: ttl,
@@ -162,18 +247,28 @@ pub fn decode_event(blob: &[u8]) -> Result<Event, CodecError> {
             at_ms: at,
             available,
         },
-        EventV1::Committed { id, at } => Event::Committed { reservation_id: rid(&id)?, at_ms: at },
-        EventV1::Released { id, at } => Event::Released { reservation_id: rid(&id)?, at_ms: at },
+        EventV1::Committed { id, at } => Event::Committed {
+            reservation_id: rid(&id)?,
+            at_ms: at,
+        },
+        EventV1::Released { id, at } => Event::Released {
+            reservation_id: rid(&id)?,
+            at_ms: at,
+        },
         EventV1::Expired { ids, at } => Event::Expired {
             reservation_ids: ids.iter().map(|i| rid(i)).collect::<Result<_, _>>()?,
             at_ms: at,
         },
-        EventV1::OpApplied { op, request, at } => {
-            Event::OpApplied { op_id: OpId::parse(&op)?, request: request.into(), at_ms: at }
-        }
-        EventV1::CountRefused { op, counted, at } => {
-            Event::CountRefused { op_id: OpId::parse(&op)?, counted, at_ms: at }
-        }
+        EventV1::OpApplied { op, request, at } => Event::OpApplied {
+            op_id: OpId::parse(&op)?,
+            request: request.into(),
+            at_ms: at,
+        },
+        EventV1::CountRefused { op, counted, at } => Event::CountRefused {
+            op_id: OpId::parse(&op)?,
+            counted,
+            at_ms: at,
+        },
     })
 }
 
@@ -256,28 +351,52 @@ pub fn encode_snapshot(state: &StockState) -> Vec<u8> {
 
 fn encode_op(id: &OpId, op: &OpRecord) -> OpV1 {
     let (applied, figures) = match op.outcome {
-        Outcome::StockSet { on_hand, reserved, safety_stock, available, .. } => {
-            (true, vec![on_hand, reserved, safety_stock, available])
-        }
-        Outcome::CountBelowReserved { counted, reserved, shortfall, .. } => {
-            (false, vec![counted, reserved, shortfall])
-        }
+        Outcome::StockSet {
+            on_hand,
+            reserved,
+            safety_stock,
+            available,
+            ..
+        } => (true, vec![on_hand, reserved, safety_stock, available]),
+        Outcome::CountBelowReserved {
+            counted,
+            reserved,
+            shortfall,
+            ..
+        } => (false, vec![counted, reserved, shortfall]),
         ref other => panic!("op record holds a non-recordable outcome {other:?}"),
     };
-    OpV1 { id: id.as_str().into(), request: op.request.into(), at: op.at_ms, applied, figures }
+    OpV1 {
+        id: id.as_str().into(),
+        request: op.request.into(),
+        at: op.at_ms,
+        applied,
+        figures,
+    }
 }
 
 fn decode_op(op: OpV1) -> Result<(OpId, OpRecord), CodecError> {
     let outcome = match (op.applied, op.figures.as_slice()) {
-        (true, &[on_hand, reserved, safety_stock, available]) => {
-            Outcome::StockSet { on_hand, reserved, safety_stock, available, replay: false }
-        }
-        (false, &[counted, reserved, shortfall]) => {
-            Outcome::CountBelowReserved { counted, reserved, shortfall, replay: false }
-        }
+        (true, &[on_hand, reserved, safety_stock, available]) => Outcome::StockSet {
+            on_hand,
+            reserved,
+            safety_stock,
+            available,
+            replay: false,
+        },
+        (false, &[counted, reserved, shortfall]) => Outcome::CountBelowReserved {
+            counted,
+            reserved,
+            shortfall,
+            replay: false,
+        },
         _ => return Err(CodecError::Invalid("op record figures")),
     };
-    let record = OpRecord { request: op.request.into(), outcome, at_ms: op.at };
+    let record = OpRecord {
+        request: op.request.into(),
+        outcome,
+        at_ms: op.at,
+    };
     Ok((OpId::parse(&op.id)?, record))
 }
 
@@ -287,7 +406,9 @@ fn decode_reservation(r: ReservationV1) -> Result<(ReservationId, Reservation), 
         1 => ReservationStatus::Committed,
         2 => ReservationStatus::Released,
         3 => ReservationStatus::Expired,
-        4 => ReservationStatus::Refused { available: r.available_after },
+        4 => ReservationStatus::Refused {
+            available: r.available_after,
+        },
         _ => return Err(CodecError::Invalid("reservation status")),
     };
     let res = Reservation {
@@ -312,7 +433,11 @@ pub fn decode_snapshot(blob: &[u8]) -> Result<StockState, CodecError> {
         version: s.version,
         last_now_ms: s.last_now,
         next_seq: s.next_seq,
-        reservations: s.reservations.into_iter().map(decode_reservation).collect::<Result<_, _>>()?,
+        reservations: s
+            .reservations
+            .into_iter()
+            .map(decode_reservation)
+            .collect::<Result<_, _>>()?,
         ops: s.ops.into_iter().map(decode_op).collect::<Result<_, _>>()?,
     };
     StockState::from_parts(parts).map_err(|e| CodecError::Invalid(e.0))
@@ -350,7 +475,11 @@ pub fn encode_order(o: &Order) -> Vec<u8> {
         lines,
         status: o.status.name().into(),
         failed_line,
-        allocation: o.allocation.iter().map(|a| a.as_ref().map(|w| w.as_str().to_owned())).collect(),
+        allocation: o
+            .allocation
+            .iter()
+            .map(|a| a.as_ref().map(|w| w.as_str().to_owned()))
+            .collect(),
         created_at: o.created_at_ms,
         expires_at: o.expires_at_ms,
     })
@@ -361,7 +490,9 @@ pub fn decode_order(blob: &[u8]) -> Result<Order, CodecError> {
     let status = match (o.status.as_str(), o.failed_line) {
         ("reserving", _) => OrderStatus::Reserving,
         ("reserved", _) => OrderStatus::Reserved,
-        ("failed", Some(line)) => OrderStatus::Failed { line: line as usize },
+        ("failed", Some(line)) => OrderStatus::Failed {
+            line: line as usize,
+        },
         ("aborted", _) => OrderStatus::Aborted,
         ("committing", _) => OrderStatus::Committing,
         ("committed", _) => OrderStatus::Committed,
@@ -371,9 +502,16 @@ pub fn decode_order(blob: &[u8]) -> Result<Order, CodecError> {
     };
     let mut lines = Vec::with_capacity(o.lines.len());
     for (sku, qty, whs) in &o.lines {
-        let warehouses = whs.iter().map(|w| WarehouseId::parse(w)).collect::<Result<_, _>>()?;
+        let warehouses = whs
+            .iter()
+            .map(|w| WarehouseId::parse(w))
+            .collect::<Result<_, _>>()?;
         let qty = Qty::new(*qty).map_err(|_| CodecError::Invalid("order qty"))?;
-        lines.push(OrderLine { sku: Sku::parse(sku)?, qty, warehouses });
+        lines.push(OrderLine {
+            sku: Sku::parse(sku)?,
+            qty,
+            warehouses,
+        });
     }
     if lines.is_empty() || o.allocation.len() != lines.len() {
         return Err(CodecError::Invalid("order lines"));
@@ -385,7 +523,10 @@ pub fn decode_order(blob: &[u8]) -> Result<Order, CodecError> {
         .collect::<Result<_, _>>()?;
     Ok(Order {
         order_id: OrderId::parse(&o.id)?,
-        request: OrderRequest { ttl_ms: o.ttl, lines },
+        request: OrderRequest {
+            ttl_ms: o.ttl,
+            lines,
+        },
         status,
         allocation,
         created_at_ms: o.created_at,
@@ -403,7 +544,13 @@ mod tests {
         let mut s = StockState::default();
         let mut events = Vec::new();
         let op = OpId::parse("op").unwrap();
-        let (_, e) = s.apply(&Command::Receive { op_id: op, qty: Qty::new(9).unwrap() }, 10);
+        let (_, e) = s.apply(
+            &Command::Receive {
+                op_id: op,
+                qty: Qty::new(9).unwrap(),
+            },
+            10,
+        );
         events.extend(e);
         let reserve = |id: &str, qty| Command::Reserve {
             reservation_id: ReservationId::parse(id).unwrap(),
@@ -414,7 +561,10 @@ mod tests {
         events.extend(s.apply(&reserve("a", 4), 11).1);
         events.extend(s.apply(&reserve("b", 9), 12).1);
         events.extend(s.apply(&reserve("c", 2), 20).1);
-        let count = Command::SetOnHand { op_id: OpId::parse("cc").unwrap(), on_hand: 1 };
+        let count = Command::SetOnHand {
+            op_id: OpId::parse("cc").unwrap(),
+            on_hand: 1,
+        };
         events.extend(s.apply(&count, 21).1);
         for e in &events {
             assert_eq!(&decode_event(&encode_event(e)).unwrap(), e);

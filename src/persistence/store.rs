@@ -27,8 +27,14 @@ pub enum StorageError {
     #[error("corrupt data for {what}: {source}")]
     Corrupt { what: String, source: CodecError },
     #[error("journal of {key} has a gap: expected version {expected}, found {found}")]
-    JournalGap { key: String, expected: u64, found: u64 },
-    #[error("database schema version {found} is newer than this binary supports ({SCHEMA_VERSION})")]
+    JournalGap {
+        key: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
+        "database schema version {found} is newer than this binary supports ({SCHEMA_VERSION})"
+    )]
     SchemaTooNew { found: i64 },
     #[error("the journal writer has stopped")]
     WriterStopped,
@@ -44,7 +50,9 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 
 /// Opens (creating if needed) the node's database with explicit durability settings.
 pub fn open(path: &Path) -> Result<Connection, StorageError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: in WAL mode, every commit fsyncs the WAL. NORMAL would only sync at checkpoints
@@ -100,7 +108,10 @@ pub struct LoadedKey {
 
 /// Rebuilds one key: latest snapshot, then every later journal event in version order.
 pub fn load_key(conn: &Connection, key: &str) -> Result<LoadedKey, StorageError> {
-    let corrupt = |source| StorageError::Corrupt { what: key.to_owned(), source };
+    let corrupt = |source| StorageError::Corrupt {
+        what: key.to_owned(),
+        source,
+    };
     let snapshot: Option<Vec<u8>> = conn
         .prepare_cached("SELECT state FROM snapshots WHERE key = ?1")?
         .query_row(params![key], |r| r.get(0))
@@ -109,8 +120,9 @@ pub fn load_key(conn: &Connection, key: &str) -> Result<LoadedKey, StorageError>
         Some(blob) => codec::decode_snapshot(&blob).map_err(corrupt)?,
         None => StockState::default(),
     };
-    let mut stmt =
-        conn.prepare_cached("SELECT version, event FROM journal WHERE key = ?1 AND version > ?2 ORDER BY version")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, event FROM journal WHERE key = ?1 AND version > ?2 ORDER BY version",
+    )?;
     let mut rows = stmt.query(params![key, state.version() as i64])?;
     let mut tail_events = 0;
     while let Some(row) = rows.next()? {
@@ -118,7 +130,11 @@ pub fn load_key(conn: &Connection, key: &str) -> Result<LoadedKey, StorageError>
         let blob: Vec<u8> = row.get(1)?;
         let expected = state.version() + 1;
         if version as u64 != expected {
-            return Err(StorageError::JournalGap { key: key.to_owned(), expected, found: version as u64 });
+            return Err(StorageError::JournalGap {
+                key: key.to_owned(),
+                expected,
+                found: version as u64,
+            });
         }
         let event = codec::decode_event(&blob).map_err(corrupt)?;
         state.apply_event(&event);
@@ -134,7 +150,10 @@ pub fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, St
         .optional()?;
     blob.map(|b| codec::decode_order(&b))
         .transpose()
-        .map_err(|source| StorageError::Corrupt { what: format!("order {order_id}"), source })
+        .map_err(|source| StorageError::Corrupt {
+            what: format!("order {order_id}"),
+            source,
+        })
 }
 
 /// Orders a crash interrupted, for recovery to finish or undo.
@@ -142,12 +161,16 @@ pub fn orders_in_flight(conn: &Connection) -> Result<Vec<Order>, StorageError> {
     let mut stmt = conn.prepare(
         "SELECT order_id, record FROM orders WHERE status IN ('reserving', 'committing', 'releasing')",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let (id, blob) = row?;
-        let order = codec::decode_order(&blob)
-            .map_err(|source| StorageError::Corrupt { what: format!("order {id}"), source })?;
+        let order = codec::decode_order(&blob).map_err(|source| StorageError::Corrupt {
+            what: format!("order {id}"),
+            source,
+        })?;
         out.push(order);
     }
     Ok(out)

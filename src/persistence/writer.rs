@@ -26,16 +26,43 @@ pub type ListReply = Box<dyn FnOnce(Result<Vec<String>, StorageError>) + Send>;
 
 pub enum Request {
     /// Events of one key, versions `first_version..`, in order.
-    Append { key: Arc<str>, first_version: u64, events: Vec<Vec<u8>>, done: Done },
+    Append {
+        key: Arc<str>,
+        first_version: u64,
+        events: Vec<Vec<u8>>,
+        done: Done,
+    },
     /// A key's state as of `version`; drops the journal rows it covers.
-    Snapshot { key: Arc<str>, version: u64, state: Vec<u8>, done: Option<Done> },
-    PutOrder { order_id: String, status: &'static str, record: Vec<u8>, at_ms: u64, done: Done },
+    Snapshot {
+        key: Arc<str>,
+        version: u64,
+        state: Vec<u8>,
+        done: Option<Done>,
+    },
+    PutOrder {
+        order_id: String,
+        status: &'static str,
+        record: Vec<u8>,
+        at_ms: u64,
+        done: Done,
+    },
     /// Writes nothing; completes once everything queued before it is durable.
-    Barrier { done: Done },
-    LoadKey { key: Arc<str>, reply: KeyReply },
-    LoadOrder { order_id: String, reply: OrderReply },
+    Barrier {
+        done: Done,
+    },
+    LoadKey {
+        key: Arc<str>,
+        reply: KeyReply,
+    },
+    LoadOrder {
+        order_id: String,
+        reply: OrderReply,
+    },
     /// The warehouses with durable state for a SKU.
-    ListWarehouses { sku: String, reply: ListReply },
+    ListWarehouses {
+        sku: String,
+        reply: ListReply,
+    },
     /// Commit everything queued before this, then stop; later submits fail `WriterStopped`.
     Close,
 }
@@ -44,7 +71,10 @@ impl Request {
     fn is_read(&self) -> bool {
         matches!(
             self,
-            Request::LoadKey { .. } | Request::LoadOrder { .. } | Request::ListWarehouses { .. } | Request::Close
+            Request::LoadKey { .. }
+                | Request::LoadOrder { .. }
+                | Request::ListWarehouses { .. }
+                | Request::Close
         )
     }
 }
@@ -56,11 +86,16 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     pub async fn submit(&self, request: Request) -> Result<(), StorageError> {
-        self.tx.send(request).await.map_err(|_| StorageError::WriterStopped)
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| StorageError::WriterStopped)
     }
 
     pub fn blocking_submit(&self, request: Request) -> Result<(), StorageError> {
-        self.tx.blocking_send(request).map_err(|_| StorageError::WriterStopped)
+        self.tx
+            .blocking_send(request)
+            .map_err(|_| StorageError::WriterStopped)
     }
 }
 
@@ -78,7 +113,10 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("stockring-writer".into())
             .spawn(move || run(conn, rx, max_batch))?;
-        Ok(Self { handle: WriterHandle { tx }, thread })
+        Ok(Self {
+            handle: WriterHandle { tx },
+            thread,
+        })
     }
 
     /// Commits everything queued so far, stops the thread and waits for it. Blocking.
@@ -121,11 +159,16 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Request>, max_batch: usize) 
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>) {
     let started = Instant::now();
     let writes = batch.iter().filter(|r| !r.is_read()).count();
-    let result = if writes > 0 { write_all(conn, batch) } else { Ok(0) };
+    let result = if writes > 0 {
+        write_all(conn, batch)
+    } else {
+        Ok(0)
+    };
     match result {
         Ok(events) => {
             if writes > 0 {
-                metrics::histogram!("stockring_group_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("stockring_group_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 metrics::histogram!("stockring_group_commit_batch_size").record(writes as f64);
                 metrics::counter!("stockring_group_commits_total").increment(1);
                 metrics::counter!("stockring_journal_events_total").increment(events);
@@ -149,7 +192,8 @@ fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageErr
     let tx = conn.transaction()?;
     let mut events = 0u64;
     {
-        let mut append = tx.prepare_cached("INSERT INTO journal (key, version, event) VALUES (?1, ?2, ?3)")?;
+        let mut append =
+            tx.prepare_cached("INSERT INTO journal (key, version, event) VALUES (?1, ?2, ?3)")?;
         let mut snapshot = tx.prepare_cached(
             "INSERT INTO snapshots (key, version, state) VALUES (?1, ?2, ?3)
              ON CONFLICT(key) DO UPDATE SET version = excluded.version, state = excluded.state",
@@ -162,17 +206,37 @@ fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageErr
         )?;
         for request in batch {
             match request {
-                Request::Append { key, first_version, events: blobs, .. } => {
+                Request::Append {
+                    key,
+                    first_version,
+                    events: blobs,
+                    ..
+                } => {
                     for (i, blob) in blobs.iter().enumerate() {
-                        append.execute(params![&**key, (*first_version + i as u64) as i64, blob])?;
+                        append.execute(params![
+                            &**key,
+                            (*first_version + i as u64) as i64,
+                            blob
+                        ])?;
                     }
                     events += blobs.len() as u64;
                 }
-                Request::Snapshot { key, version, state, .. } => {
+                Request::Snapshot {
+                    key,
+                    version,
+                    state,
+                    ..
+                } => {
                     snapshot.execute(params![&**key, *version as i64, state])?;
                     trim.execute(params![&**key, *version as i64])?;
                 }
-                Request::PutOrder { order_id, status, record, at_ms, .. } => {
+                Request::PutOrder {
+                    order_id,
+                    status,
+                    record,
+                    at_ms,
+                    ..
+                } => {
                     order.execute(params![order_id, status, record, *at_ms as i64])?;
                 }
                 Request::Barrier { .. }
@@ -189,7 +253,9 @@ fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageErr
 
 fn finish(conn: &Connection, request: Request) {
     match request {
-        Request::Append { done, .. } | Request::PutOrder { done, .. } | Request::Barrier { done } => done(Ok(())),
+        Request::Append { done, .. }
+        | Request::PutOrder { done, .. }
+        | Request::Barrier { done } => done(Ok(())),
         Request::Snapshot { done, .. } => {
             if let Some(done) = done {
                 done(Ok(()));
@@ -205,7 +271,9 @@ fn finish(conn: &Connection, request: Request) {
 fn fail(request: Request, e: &StorageError) {
     let err = || StorageError::CommitFailed(e.to_string());
     match request {
-        Request::Append { done, .. } | Request::PutOrder { done, .. } | Request::Barrier { done } => done(Err(err())),
+        Request::Append { done, .. }
+        | Request::PutOrder { done, .. }
+        | Request::Barrier { done } => done(Err(err())),
         Request::Snapshot { done, .. } => {
             if let Some(done) = done {
                 done(Err(err()));

@@ -36,8 +36,14 @@ impl NodeProcess {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("node did not report its address");
-        let node = NodeProcess { child, base: format!("http://{addr}"), data_dir: data_dir.to_owned() };
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("node did not report its address");
+        let node = NodeProcess {
+            child,
+            base: format!("http://{addr}"),
+            data_dir: data_dir.to_owned(),
+        };
         node.wait_ready().await;
         node
     }
@@ -68,15 +74,23 @@ impl NodeProcess {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(mut self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM)
-            .expect("SIGTERM");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "node exited with {status} after SIGTERM");
     }
 
     /// Value of an unlabelled Prometheus metric, 0 when not yet exported.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.base)).await.expect("metrics").text().await.expect("body");
+        let text = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| {
