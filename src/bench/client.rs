@@ -77,13 +77,13 @@ impl Api {
             .json(&body)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("PUT {url}: {}", describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("PUT {url}: {}", describe(e)))?;
         // Drain the body so the connection returns to the pool for the next setup call.
         expect_success("PUT", &url, resp)
             .await?
             .bytes()
             .await
-            .map_err(|e| anyhow::anyhow!("PUT {url}: reading body: {}", describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("PUT {url}: reading body: {}", describe(e)))?;
         Ok(())
     }
 
@@ -95,11 +95,11 @@ impl Api {
             .get(&url)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("GET {url}: {}", describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("GET {url}: {}", describe(e)))?;
         let resp = expect_success("GET", &url, resp).await?;
         resp.json()
             .await
-            .map_err(|e| anyhow::anyhow!("GET {url}: bad body: {}", describe(&e)))
+            .map_err(|e| anyhow::anyhow!("GET {url}: bad body: {}", describe(e)))
     }
 
     /// One measured reservation attempt. The body is always read to the end, so the latency
@@ -107,12 +107,12 @@ impl Api {
     pub async fn reserve(&self, body: &ReserveRequest) -> Outcome {
         let resp = match self.http.post(&self.reserve_url).json(body).send().await {
             Ok(resp) => resp,
-            Err(e) => return Outcome::Failed(describe(&e)),
+            Err(e) => return Outcome::Failed(describe(e)),
         };
         let status = resp.status();
         match resp.bytes().await {
             Ok(bytes) => classify(status, &bytes),
-            Err(e) => Outcome::Failed(format!("HTTP {status}, body: {}", describe(&e))),
+            Err(e) => Outcome::Failed(format!("HTTP {status}, body: {}", describe(e))),
         }
     }
 }
@@ -146,8 +146,10 @@ async fn expect_success(
     bail!("{method} {url}: HTTP {status}: {}", text.trim())
 }
 
-/// reqwest's `Display` hides the cause ("error sending request"); the chain says why.
-fn describe(err: &reqwest::Error) -> String {
+/// reqwest's `Display` hides the cause ("error sending request"); the chain says why. The URL
+/// is dropped because every caller already names it (or, for reservations, it never varies).
+fn describe(err: reqwest::Error) -> String {
+    let err = err.without_url();
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

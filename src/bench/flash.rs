@@ -18,25 +18,30 @@ pub struct Verdict {
 /// load already ran, and the caller still wants the report.
 pub async fn judge(api: &Api, sku: &str, stock: u64, attempts: u64, tally: &Tally) -> Verdict {
     let expected = stock.min(attempts);
-    let reserved = api.get_stock(sku, WAREHOUSE).await.map(|view| view.reserved);
+    let reserved = api
+        .get_stock(sku, WAREHOUSE)
+        .await
+        .map(|view| view.reserved);
     let mut problems = Vec::new();
     if tally.ok != expected {
         problems.push(format!("granted {} but expected {expected}", tally.ok));
     }
     match &reserved {
-        Ok(r) if *r != expected => problems.push(format!("server reserved {r}, expected {expected}")),
+        Ok(r) if *r != expected => {
+            problems.push(format!("server reserved {r}, expected {expected}"))
+        }
         Ok(_) => {}
         Err(e) => problems.push(format!("final GET failed: {e:#}")),
     }
     if tally.errors > 0 {
         problems.push(format!("{} requests failed", tally.errors));
     }
+    let reserved_text = reserved
+        .as_ref()
+        .map_or_else(|_| "?".to_owned(), u64::to_string);
     let summary = format!(
         "stock {stock}, attempts {attempts}: granted {}, insufficient {}, errors {}, reserved {}",
-        tally.ok,
-        tally.insufficient,
-        tally.errors,
-        reserved.as_ref().map_or_else(|_| "?".to_owned(), u64::to_string),
+        tally.ok, tally.insufficient, tally.errors, reserved_text,
     );
     if problems.is_empty() {
         Verdict {

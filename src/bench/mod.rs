@@ -147,7 +147,12 @@ fn shape(args: &BenchArgs, run_id: &str) -> anyhow::Result<(Vec<String>, u64, Ke
             KeyPicker::Single,
             Budget::Attempts(args.attempts),
         ),
-        Workload::Uniform => (many_keys(), UNLIMITED_STOCK, KeyPicker::uniform(args.keys)?, timed),
+        Workload::Uniform => (
+            many_keys(),
+            UNLIMITED_STOCK,
+            KeyPicker::uniform(args.keys)?,
+            timed,
+        ),
         Workload::Zipf => (
             many_keys(),
             UNLIMITED_STOCK,

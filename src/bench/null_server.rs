@@ -93,7 +93,11 @@ async fn get_stock(
     let level = state.lock().get(&(sku.clone(), warehouse.clone())).copied();
     match level {
         Some(level) => Ok(Json(view(sku, warehouse, level))),
-        None => Err(NullError::new(StatusCode::NOT_FOUND, "not_found", "unknown key")),
+        None => Err(NullError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "unknown key",
+        )),
     }
 }
 

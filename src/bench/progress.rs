@@ -34,8 +34,9 @@ impl Progress {
             Some(len) => ProgressBar::new(len).with_style(style(
                 "{elapsed_precise} [{bar:40}] {pos}/{len} attempts ({per_sec})",
             )),
-            None => ProgressBar::new_spinner()
-                .with_style(style("{spinner} {elapsed_precise} {pos} requests ({per_sec})")),
+            None => ProgressBar::new_spinner().with_style(style(
+                "{spinner} {elapsed_precise} {pos} requests ({per_sec})",
+            )),
         };
         let ticking = bar.clone();
         let ticker = tokio::spawn(async move {

@@ -104,7 +104,13 @@ impl BenchReport {
         } else {
             0.0
         };
-        let pct = |q: f64| if requests == 0 { 0 } else { tally.hist.value_at_quantile(q) };
+        let pct = |q: f64| {
+            if requests == 0 {
+                0
+            } else {
+                tally.hist.value_at_quantile(q)
+            }
+        };
         Self {
             workload,
             clients,

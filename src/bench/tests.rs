@@ -37,7 +37,10 @@ async fn flash_grants_exactly_the_stock() {
     let target = spawn_null().await;
     let report = run(args(target, Workload::Flash)).await.expect("run");
     assert_eq!(report.flash_pass, Some(true), "{:?}", report.flash_detail);
-    assert_eq!((report.requests, report.ok, report.insufficient), (400, 100, 300));
+    assert_eq!(
+        (report.requests, report.ok, report.insufficient),
+        (400, 100, 300)
+    );
     assert_eq!(report.errors, 0);
 }
 
@@ -57,11 +60,43 @@ async fn timed_workloads_run_without_errors() {
     for workload in [Workload::Uniform, Workload::Zipf] {
         let report = run(args(target.clone(), workload)).await.expect("run");
         assert!(report.ok > 0, "{workload:?}: {report:?}");
-        assert_eq!(report.errors + report.insufficient, 0, "{workload:?}: {report:?}");
+        assert_eq!(
+            report.errors + report.insufficient,
+            0,
+            "{workload:?}: {report:?}"
+        );
         assert!(report.elapsed_s >= 1.0 && report.throughput_rps > 0.0);
         assert!(report.p50_us <= report.p99_us && report.p99_us <= report.max_us);
         assert_eq!(report.flash_pass, None);
     }
+}
+
+/// A node that accepts setup but sheds every reservation with a retryable 503.
+async fn spawn_shedding() -> String {
+    use axum::routing::{post, put};
+    let shed = || async {
+        let body = r#"{"code":"overloaded","message":"try later"}"#;
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, body)
+    };
+    let router = axum::Router::new()
+        .route("/v1/stock/{sku}/{warehouse}", put(|| async { "{}" }))
+        .route("/v1/reservations", post(shed));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_counted_not_retried_and_fail_the_flash() {
+    let target = spawn_shedding().await;
+    let report = run(args(target, Workload::Flash)).await.expect("run");
+    assert_eq!((report.requests, report.errors, report.ok), (400, 400, 0));
+    assert_eq!(report.flash_pass, Some(false));
+    let detail = report.flash_detail.unwrap_or_default();
+    assert!(detail.contains("400 requests failed"), "{detail}");
 }
 
 #[tokio::test]
@@ -97,11 +132,23 @@ fn only_a_well_formed_409_insufficient_stock_is_a_refusal() {
     let busy = br#"{"code":"overloaded","message":"later"}"#;
     assert_eq!(classify(StatusCode::CREATED, b"{}"), Outcome::Granted);
     assert_eq!(classify(StatusCode::OK, b""), Outcome::Granted);
-    assert_eq!(classify(StatusCode::CONFLICT, insufficient), Outcome::Insufficient);
-    assert!(matches!(classify(StatusCode::CONFLICT, b"oops"), Outcome::Failed(_)));
-    assert!(matches!(classify(StatusCode::CONFLICT, busy), Outcome::Failed(_)));
+    assert_eq!(
+        classify(StatusCode::CONFLICT, insufficient),
+        Outcome::Insufficient
+    );
+    assert!(matches!(
+        classify(StatusCode::CONFLICT, b"oops"),
+        Outcome::Failed(_)
+    ));
+    assert!(matches!(
+        classify(StatusCode::CONFLICT, busy),
+        Outcome::Failed(_)
+    ));
     let unavailable = classify(StatusCode::SERVICE_UNAVAILABLE, busy);
-    assert_eq!(unavailable, Outcome::Failed("HTTP 503 Service Unavailable overloaded".into()));
+    assert_eq!(
+        unavailable,
+        Outcome::Failed("HTTP 503 Service Unavailable overloaded".into())
+    );
 }
 
 #[test]
@@ -115,8 +162,14 @@ fn tallies_merge_counts_and_latencies() {
     assert_eq!((a.ok, a.insufficient, a.errors, a.requests()), (1, 1, 1, 3));
     assert_eq!(a.first_error.as_deref(), Some("boom"));
     let report = BenchReport::new(Workload::Uniform, 2, &a, Duration::from_secs(1));
-    assert!(report.max_us >= 59_000_000, "latency beyond 60 s is clamped, not dropped");
+    assert!(
+        report.max_us >= 59_000_000,
+        "latency beyond 60 s is clamped, not dropped"
+    );
     let line = report.json_line().expect("json");
-    assert!(line.starts_with(r#"{"bench":{"workload":"uniform","#), "{line}");
+    assert!(
+        line.starts_with(r#"{"bench":{"workload":"uniform","#),
+        "{line}"
+    );
     assert!(!line.contains('\n'));
 }

@@ -53,6 +53,7 @@ pub struct ReservationView {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ErrorBody {
     pub code: String,
+    #[serde(default)]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<u64>,

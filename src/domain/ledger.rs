@@ -273,6 +273,11 @@ impl StockState {
         self.held_count
     }
 
+    /// Remembered ids (reservations and ops): what a snapshot's size grows with.
+    pub fn record_count(&self) -> u64 {
+        (self.reservations.len() + self.ops.len()) as u64
+    }
+
     pub fn reservation(&self, id: &ReservationId) -> Option<&Reservation> {
         self.reservations.get(id)
     }
