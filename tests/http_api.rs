@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 const RESERVE: &str = "POST /v1/reservations";
 const ORDER: &str = "POST /v1/orders";
+const BATCH: &str = "POST /v1/batch";
 
 /// The body of `POST /v1/orders`.
 fn order(id: &str, lines: &[Value]) -> Value {
@@ -54,10 +55,8 @@ async fn commit_repeats_as_a_replay_and_release_after_commit_is_409() {
     s.count("s1", "w1", 10, "c1").await;
     s.reserve(hold("s1", "w1", 3, "r1")).await;
     let done = s.commit("r1", "s1/w1", 200, OK).await;
-    assert_eq!(
-        [&done["status"], &done["qty"]],
-        [&json!("committed"), &json!(3)]
-    );
+    assert_eq!(done["status"], "committed");
+    assert_eq!(done["qty"], 3);
     assert_eq!(s.commit("r1", "s1/w1", 200, OK).await, done);
     s.release("r1", "s1/w1", 409, "already_committed").await;
     assert_eq!(s.figures("s1", "w1").await, [7, 0, 7, 0]);
@@ -181,6 +180,41 @@ async fn a_receipt_past_the_stock_limit_is_422_and_changes_nothing() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reserves_never_oversell() {
+    let s = Node::start().await;
+    s.count("s1", "w1", 10, "c1").await;
+    let ids: Vec<String> = (0..30).map(|i| format!("r{i}")).collect();
+    let sends = ids
+        .iter()
+        .map(|id| s.send(RESERVE, hold("s1", "w1", 1, id)));
+    let answers = futures::future::join_all(sends).await;
+    let created = answers.iter().filter(|(status, _)| *status == 201).count();
+    let refused = answers
+        .iter()
+        .filter(|(_, b)| b["code"] == "insufficient_stock");
+    assert_eq!((created, refused.count()), (10, 20), "{answers:?}");
+    assert_eq!(s.figures("s1", "w1").await, [10, 10, 0, 0]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_one_reservation_hold_once() {
+    let s = Node::start().await;
+    s.count("s1", "w1", 10, "c1").await;
+    let sends = (0..20).map(|_| s.send(RESERVE, hold("s1", "w1", 3, "r1")));
+    let answers = futures::future::join_all(sends).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [vec![200; 19], vec![201]].concat());
+    assert!(
+        answers.iter().all(|(_, body)| *body == answers[0].1),
+        "{answers:?}"
+    );
+    assert_eq!(s.figures("s1", "w1").await, [10, 3, 7, 0]);
+    s.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Expiry
 
@@ -256,10 +290,9 @@ async fn cycle_count_below_reserved_is_409_with_the_shortfall() {
     let before = s.figures("s1", "w1").await;
     let count = r#"409 count_below_reserved PUT /v1/stock/s1/w1 {"on_hand":4,"op_id":"c2"}"#;
     let err = s.check_case(count).await;
-    assert_eq!(
-        [&err["counted"], &err["reserved"], &err["shortfall"]],
-        [4, 6, 2]
-    );
+    assert_eq!(err["counted"], 4);
+    assert_eq!(err["reserved"], 6);
+    assert_eq!(err["shortfall"], 2);
     assert_eq!(s.check_case(count).await, err, "a replay answers the same");
     assert_eq!(s.figures("s1", "w1").await, before);
     s.stop().await;
@@ -280,10 +313,8 @@ async fn an_order_is_all_or_nothing_across_skus() {
     assert_eq!(s.figures("a", "w1").await, [5, 0, 5, 0]);
     assert_eq!(s.figures("b", "w1").await, [1, 0, 1, 0]);
     let got = s.check("GET /v1/orders/o1", NONE, 200, OK).await;
-    assert_eq!(
-        [&got["status"], &got["failed_line"]],
-        [&json!("failed"), &json!(1)]
-    );
+    assert_eq!(got["status"], "failed");
+    assert_eq!(got["failed_line"], 1);
     s.stop().await;
 }
 
@@ -294,10 +325,8 @@ async fn an_order_line_falls_back_to_its_next_warehouse() {
     s.count("a", "w2", 5, "c2").await;
     let o1 = order("o1", &[line("a", 3, &["w1", "w2"])]);
     let got = s.check(ORDER, o1, 201, OK).await;
-    assert_eq!(
-        [&got["order_id"], &got["status"]],
-        [&json!("o1"), &json!("reserved")]
-    );
+    assert_eq!(got["order_id"], "o1");
+    assert_eq!(got["status"], "reserved");
     assert_eq!(got["lines"][0]["allocated_warehouse"], "w2");
     assert_eq!(s.figures("a", "w1").await, [1, 0, 1, 0]);
     assert_eq!(s.figures("a", "w2").await, [5, 3, 2, 0]);
@@ -340,8 +369,8 @@ async fn committing_an_order_takes_its_stock_out_of_on_hand() {
 async fn releasing_an_order_frees_its_stock_and_it_cannot_be_committed() {
     let s = Node::start().await;
     s.count("a", "w1", 10, "c1").await;
-    s.check(ORDER, order("o1", &[line("a", 3, &["w1"])]), 201, OK)
-        .await;
+    let o1 = order("o1", &[line("a", 3, &["w1"])]);
+    s.check(ORDER, o1, 201, OK).await;
     assert_eq!(s.figures("a", "w1").await, [10, 3, 7, 0]);
     let done = s.check("POST /v1/orders/o1/release", NONE, 200, OK).await;
     assert_eq!(done["status"], "released");
@@ -363,6 +392,24 @@ async fn committing_an_order_after_its_holds_expired_is_409_expired() {
     let err = s.check(commit, NONE, 409, "expired").await;
     assert_eq!(err["expired_lines"], json!([0]));
     assert_eq!(s.figures("a", "w1").await, [10, 0, 10, 0]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_hold_all_lines_or_none() {
+    let s = Node::start().await;
+    s.count("a", "w1", 10, "c1").await;
+    s.count("b", "w1", 5, "c2").await;
+    let lines = [line("a", 1, &["w1"]), line("b", 1, &["w1"])];
+    let orders: Vec<Value> = (0..10).map(|i| order(&format!("o{i}"), &lines)).collect();
+    let answers = futures::future::join_all(orders.into_iter().map(|o| s.send(ORDER, o))).await;
+    let created = answers.iter().filter(|(status, _)| *status == 201).count();
+    let refused = answers
+        .iter()
+        .filter(|(_, b)| b["code"] == "insufficient_stock");
+    assert_eq!((created, refused.count()), (5, 5), "{answers:?}");
+    assert_eq!(s.figures("a", "w1").await, [10, 5, 5, 0]);
+    assert_eq!(s.figures("b", "w1").await, [5, 5, 0, 0]);
     s.stop().await;
 }
 
@@ -403,9 +450,7 @@ async fn a_batch_runs_ops_on_one_key_in_order_and_answers_in_order() {
         op("commit", json!({ "reservation_id": "b1" })),
         op("get", json!({})),
     ]);
-    let got = s
-        .check("POST /v1/batch", json!({ "ops": ops }), 200, OK)
-        .await;
+    let got = s.check(BATCH, json!({ "ops": ops }), 200, OK).await;
     let results = got["results"].as_array().expect("results");
     let statuses: Vec<_> = results.iter().map(|r| &r["status"]).collect();
     assert_eq!(statuses, [200, 200, 201, 409, 200, 200, 200]);
@@ -430,12 +475,10 @@ async fn a_batch_with_an_invalid_op_applies_nothing() {
         op("reserve", json!({ "qty": 0, "reservation_id": "b2" })),
     ]);
     let batch = json!({ "ops": ops });
-    let err = s
-        .check("POST /v1/batch", batch, 400, "invalid_quantity")
-        .await;
+    let err = s.check(BATCH, batch, 400, "invalid_quantity").await;
     assert_eq!(err["index"], 2);
     let empty = json!({ "ops": [] });
-    s.check("POST /v1/batch", empty, 400, "invalid_batch").await;
+    s.check(BATCH, empty, 400, "invalid_batch").await;
     assert_eq!(s.stock("s1", "w1").await, before);
     s.stop().await;
 }
@@ -573,7 +616,7 @@ async fn bad_ids_in_bodies_are_400() {
             ),
             (ORDER, order(bad, &[line("s1", 1, &["w1"])])),
             (ORDER, order("o1", &[line("s1", 1, &[bad])])),
-            ("POST /v1/batch", json!({ "ops": [get] })),
+            (BATCH, json!({ "ops": [get] })),
         ];
         for (req, body) in cases {
             s.check(req, body.clone(), 400, "invalid_id").await;
@@ -628,7 +671,7 @@ async fn bad_ids_in_paths_are_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_without_json_content_type_is_415() {
+async fn a_body_without_json_content_type_is_415_and_a_charset_is_fine() {
     let (s, before) = seeded().await;
     let body = r#"{"on_hand":3,"op_id":"c9"}"#;
     for ct in [None, Some("text/plain")] {
@@ -636,6 +679,28 @@ async fn a_body_without_json_content_type_is_415() {
         common::expect("PUT", status, &reply, 415, "unsupported_media_type");
     }
     assert_eq!(s.stock("s1", "w1").await, before);
+    let ct = Some("application/json; charset=utf-8");
+    let (status, reply) = s.send_raw("PUT /v1/stock/s1/w1", ct, body).await;
+    common::expect("PUT with charset", status, &reply, 200, OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_limits_of_orders_and_batches_are_400() {
+    let (s, before) = seeded().await;
+    let get = json!({ "op": "get", "sku": "s1", "warehouse": "w1" });
+    let ops = json!({ "ops": vec![get; 1001] });
+    s.check(BATCH, ops, 400, "invalid_batch").await;
+    let lines = vec![line("s1", 1, &["w1"]); 101];
+    s.check(ORDER, order("o1", &lines), 400, "invalid_order")
+        .await;
+    let whs: Vec<String> = (0..17).map(|i| format!("w{i}")).collect();
+    let whs: Vec<&str> = whs.iter().map(String::as_str).collect();
+    let wide = order("o1", &[line("s1", 1, &whs)]);
+    s.check(ORDER, wide, 400, "invalid_order").await;
+    assert_eq!(s.stock("s1", "w1").await, before);
+    s.check("GET /v1/orders/o1", NONE, 404, "unknown_order")
+        .await;
     s.stop().await;
 }
 
@@ -646,8 +711,7 @@ async fn a_body_over_1_mib_is_413() {
     let ops = op.repeat((1 << 20) / op.len() + 1);
     let body = format!(r#"{{"ops":[{ops}{{"op":"get","sku":"s1","warehouse":"w1"}}]}}"#);
     assert!(body.len() > 1 << 20);
-    s.check_raw("POST /v1/batch", &body, 413, "body_too_large")
-        .await;
+    s.check_raw(BATCH, &body, 413, "body_too_large").await;
     let big_id = format!(r#"{{"qty":1,"op_id":"{}"}}"#, "x".repeat((1 << 20) + 1));
     let receipt = "POST /v1/stock/s1/w1/receipts";
     s.check_raw(receipt, &big_id, 413, "body_too_large").await;
@@ -700,10 +764,10 @@ async fn metrics_count_operations_without_naming_skus() {
     let over = hold(sku, wh, 30, "metricres-2");
     s.check(RESERVE, over, 409, "insufficient_stock").await;
     s.commit("metricres-1", at, 200, OK).await;
-    s.check(&format!("GET /v1/stock/{sku}"), NONE, 200, OK)
-        .await;
-    s.check_case(&format!("404 not_found GET /v1/stock/{at}/nowhere"))
-        .await;
+    let by_sku = format!("GET /v1/stock/{sku}");
+    s.check(&by_sku, NONE, 200, OK).await;
+    let unknown = format!("404 not_found GET /v1/stock/{at}/nowhere");
+    s.check_case(&unknown).await;
     let (status, text) = s.text("/metrics").await;
     assert_eq!(status, 200);
     let names = [

@@ -106,7 +106,8 @@ impl Node {
     /// Like `check`, with a raw JSON text body.
     pub async fn check_raw(&self, req: &str, text: &str, status: u16, code: &str) -> Value {
         let (got, reply) = self.send_raw(req, Some("application/json"), text).await;
-        expect(&format!("{req} {text}"), got, &reply, status, code);
+        let what = format!("{req} with a {}-byte body", text.len());
+        expect(&what, got, &reply, status, code);
         reply
     }
 
