@@ -392,6 +392,12 @@ async fn committing_an_order_after_its_holds_expired_is_409_expired() {
     let err = s.check(commit, NONE, 409, "expired").await;
     assert_eq!(err["expired_lines"], json!([0]));
     assert_eq!(s.figures("a", "w1").await, [10, 0, 10, 0]);
+    // The record says what happened: nothing was sold, and a repeat answers the same.
+    let order = s.check("GET /v1/orders/o1", NONE, 200, OK).await;
+    assert_eq!(order["status"], "expired");
+    assert_eq!(order["expired_lines"], json!([0]));
+    let again = s.check(commit, NONE, 409, "expired").await;
+    assert_eq!(again["expired_lines"], json!([0]));
     s.stop().await;
 }
 

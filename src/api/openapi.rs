@@ -75,9 +75,9 @@ fn schemas() -> Value {
                 "sku": id(), "qty": qty(),
                 "warehouses": { "type": "array", "minItems": 1, "maxItems": 16, "items": id() } })) } })),
         "Order": { "type": "object", "properties": {
-            "order_id": id(), "status": { "enum": ["reserving", "reserved", "failed", "aborted", "committing", "committed", "releasing", "released"] },
+            "order_id": id(), "status": { "enum": ["reserving", "reserved", "failed", "aborted", "committing", "committed", "expired", "releasing", "released"] },
             "ttl_ms": { "type": "integer" }, "created_at_ms": { "type": "integer" }, "expires_at_ms": { "type": "integer" },
-            "failed_line": { "type": "integer" }, "lines": { "type": "array" } } },
+            "failed_line": { "type": "integer" }, "expired_lines": { "type": "array" }, "lines": { "type": "array" } } },
         "BatchRequest": obj(&["ops"], json!({ "ops": { "type": "array", "minItems": 1, "maxItems": 1000, "items": {
             "type": "object", "required": ["op"], "properties": { "op": { "enum": [
                 "reserve", "commit", "release", "receive", "set_on_hand", "set_safety_stock", "get"] } },

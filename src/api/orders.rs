@@ -43,6 +43,9 @@ pub fn order_body(o: &Order) -> Value {
     if let (OrderStatus::Failed { line }, Some(b)) = (o.status, body.as_object_mut()) {
         b.insert("failed_line".into(), json!(line));
     }
+    if let (false, Some(b)) = (o.expired_lines.is_empty(), body.as_object_mut()) {
+        b.insert("expired_lines".into(), json!(o.expired_lines));
+    }
     body
 }
 
@@ -73,7 +76,7 @@ fn map(outcome: OrderOutcome, created: bool) -> ApiResult {
         .with("order", order_body(&order))),
         OrderOutcome::Expired { order, lines } => Err(ApiError::conflict(
             "expired",
-            "some holds expired before the commit reached them; the other lines were committed",
+            "holds expired before the commit reached them; those lines were not sold, the others were",
         )
         .with("expired_lines", lines)
         .with("order", order_body(&order))),

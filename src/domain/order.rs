@@ -37,6 +37,8 @@ pub enum OrderStatus {
     /// Holds are being committed; recovery finishes this state.
     Committing,
     Committed,
+    /// Every line's hold had expired before the commit reached it: nothing was sold.
+    Expired,
     /// Holds are being released; recovery finishes this state.
     Releasing,
     Released,
@@ -51,6 +53,7 @@ impl OrderStatus {
             OrderStatus::Aborted => "aborted",
             OrderStatus::Committing => "committing",
             OrderStatus::Committed => "committed",
+            OrderStatus::Expired => "expired",
             OrderStatus::Releasing => "releasing",
             OrderStatus::Released => "released",
         }
@@ -75,6 +78,8 @@ pub struct Order {
     pub created_at_ms: u64,
     /// Latest expiry among the line holds (0 until reserved).
     pub expires_at_ms: u64,
+    /// Lines whose hold had expired when the commit reached them (they were not sold).
+    pub expired_lines: Vec<usize>,
 }
 
 /// A step the coordinator asked for that the order's state does not allow.
@@ -99,6 +104,7 @@ impl Order {
             allocation: vec![None; n],
             created_at_ms: now_ms,
             expires_at_ms: 0,
+            expired_lines: Vec::new(),
         }
     }
 
@@ -162,7 +168,7 @@ impl Order {
                 self.status = OrderStatus::Committing;
                 OrderTransition::Proceed
             }
-            OrderStatus::Committed => OrderTransition::Replay,
+            OrderStatus::Committed | OrderStatus::Expired => OrderTransition::Replay,
             _ => OrderTransition::Invalid,
         }
     }
@@ -176,6 +182,15 @@ impl Order {
             OrderStatus::Released => OrderTransition::Replay,
             _ => OrderTransition::Invalid,
         }
+    }
+
+    /// Ends a commit; `expired` are the lines whose hold had run out before it reached them.
+    pub fn committed(&mut self, expired: Vec<usize>) {
+        assert_eq!(self.status, OrderStatus::Committing);
+        assert!(expired.iter().all(|l| *l < self.request.lines.len()));
+        let all = expired.len() == self.request.lines.len();
+        self.status = if all { OrderStatus::Expired } else { OrderStatus::Committed };
+        self.expired_lines = expired;
     }
 
     pub fn finished(&mut self) {

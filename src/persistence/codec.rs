@@ -453,6 +453,7 @@ struct OrderV1 {
     allocation: Vec<Option<String>>,
     created_at: u64,
     expires_at: u64,
+    expired_lines: Vec<u64>,
 }
 
 pub fn encode_order(o: &Order) -> Vec<u8> {
@@ -482,6 +483,7 @@ pub fn encode_order(o: &Order) -> Vec<u8> {
             .collect(),
         created_at: o.created_at_ms,
         expires_at: o.expires_at_ms,
+        expired_lines: o.expired_lines.iter().map(|l| *l as u64).collect(),
     })
 }
 
@@ -496,6 +498,7 @@ pub fn decode_order(blob: &[u8]) -> Result<Order, CodecError> {
         ("aborted", _) => OrderStatus::Aborted,
         ("committing", _) => OrderStatus::Committing,
         ("committed", _) => OrderStatus::Committed,
+        ("expired", _) => OrderStatus::Expired,
         ("releasing", _) => OrderStatus::Releasing,
         ("released", _) => OrderStatus::Released,
         _ => return Err(CodecError::Invalid("order status")),
@@ -531,6 +534,7 @@ pub fn decode_order(blob: &[u8]) -> Result<Order, CodecError> {
         allocation,
         created_at_ms: o.created_at,
         expires_at_ms: o.expires_at,
+        expired_lines: o.expired_lines.iter().map(|l| *l as usize).collect(),
     })
 }
 
