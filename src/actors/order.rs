@@ -153,6 +153,10 @@ impl OrderCoordinator {
             return Ok(OrderOutcome::NotFound);
         };
         match order.begin_commit() {
+            OrderTransition::Replay if !order.expired_lines.is_empty() => {
+                let lines = order.expired_lines.clone();
+                return Ok(OrderOutcome::Expired { order, lines });
+            }
             OrderTransition::Replay => {
                 return Ok(OrderOutcome::Done {
                     order,
@@ -164,7 +168,7 @@ impl OrderCoordinator {
         }
         self.put(&order).await?;
         let expired = self.finish_lines(&order, true).await?;
-        order.finished();
+        order.committed(expired.clone());
         self.put(&order).await?;
         if expired.is_empty() {
             Ok(OrderOutcome::Done {
@@ -255,9 +259,13 @@ impl OrderCoordinator {
             let _l = self.lock(&order.order_id).await;
             match order.status {
                 OrderStatus::Reserving => self.undo_reserving(&mut order).await?,
-                OrderStatus::Committing | OrderStatus::Releasing => {
-                    self.finish_lines(&order, order.status == OrderStatus::Committing)
-                        .await?;
+                OrderStatus::Committing => {
+                    let expired = self.finish_lines(&order, true).await?;
+                    order.committed(expired);
+                    self.put(&order).await?;
+                }
+                OrderStatus::Releasing => {
+                    self.finish_lines(&order, false).await?;
                     order.finished();
                     self.put(&order).await?;
                 }
