@@ -11,7 +11,7 @@
 
 pub mod actors;
 pub mod api;
-// pub mod bench; (wired once the load generator lands)
+pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod limits;

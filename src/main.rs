@@ -35,6 +35,14 @@ enum Command {
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
     },
+    /// Drive load at a node; prints throughput, latency percentiles and a JSON line.
+    Bench(stockring::bench::BenchArgs),
+    /// In-memory HTTP server with the same API shapes: the HTTP ceiling for `bench`.
+    #[command(hide = true)]
+    BenchNullServer {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        http_addr: String,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -65,6 +73,28 @@ fn main() -> ExitCode {
             stockring::persistence::backup::restore(&from, &data_dir)
                 .map(|()| println!("restored {} into {}", from.display(), data_dir.display()))
                 .map_err(Into::into)
+        }
+        Command::Bench(args) => runtime().and_then(|rt| {
+            rt.block_on(async move {
+                let report = stockring::bench::run(args).await?;
+                if report.flash_pass == Some(false) {
+                    anyhow::bail!("flash sale check FAILED");
+                }
+                Ok(())
+            })
+        }),
+        Command::BenchNullServer { http_addr } => {
+            init_logging("info");
+            runtime().and_then(|rt| {
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(&http_addr).await?;
+                    println!(
+                        "stockring null server listening on {}",
+                        listener.local_addr()?
+                    );
+                    stockring::bench::serve_null(listener, shutdown_signal()).await
+                })
+            })
         }
     };
     match result {

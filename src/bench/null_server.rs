@@ -7,6 +7,7 @@
 //! own. The gap between it and a real node is what the service itself costs.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -57,17 +58,16 @@ pub fn null_router() -> Router {
         .with_state(NullState::default())
 }
 
-/// Serves [`null_router`] on `addr` until Ctrl-C.
-pub async fn serve_null(addr: &str) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Serves [`null_router`] on an already bound listener until `shutdown` resolves. The caller
+/// binds, so it can print the real address when asked for port 0, and supplies its own signal
+/// handling, so the null server stops the same way a node does.
+pub async fn serve_null<F>(listener: tokio::net::TcpListener, shutdown: F) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     tracing::info!(addr = %listener.local_addr()?, "null server listening");
     axum::serve(listener, null_router())
-        .with_graceful_shutdown(async {
-            // If the signal handler cannot be installed, serve until killed.
-            if tokio::signal::ctrl_c().await.is_err() {
-                futures::future::pending::<()>().await;
-            }
-        })
+        .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }

@@ -189,7 +189,11 @@ impl Order {
         assert_eq!(self.status, OrderStatus::Committing);
         assert!(expired.iter().all(|l| *l < self.request.lines.len()));
         let all = expired.len() == self.request.lines.len();
-        self.status = if all { OrderStatus::Expired } else { OrderStatus::Committed };
+        self.status = if all {
+            OrderStatus::Expired
+        } else {
+            OrderStatus::Committed
+        };
         self.expired_lines = expired;
     }
 
