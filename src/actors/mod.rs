@@ -91,11 +91,18 @@ impl Node {
         key: StockKey,
         make: impl FnOnce(stock::Reply<T>) -> StockMsg,
     ) -> Result<T, ServiceError> {
-        // ractor mailboxes are unbounded; admission is bounded here instead.
-        let permit = tokio::time::timeout(self.admission_wait, self.permits.acquire())
-            .await
-            .map_err(|_| ServiceError::Overloaded)?
-            .map_err(|_| ServiceError::ShuttingDown)?;
+        // ractor mailboxes are unbounded; admission is bounded here instead. The timer is
+        // armed only when the node is saturated, not on every request.
+        let permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ServiceError::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                tokio::time::timeout(self.admission_wait, self.permits.acquire())
+                    .await
+                    .map_err(|_| ServiceError::Overloaded)?
+                    .map_err(|_| ServiceError::ShuttingDown)?
+            }
+        };
         let (tx, rx) = oneshot::channel();
         self.router
             .send_message(RouterMsg::Route { key, msg: make(tx) })
