@@ -21,6 +21,9 @@ pub struct Config {
     pub snapshot_every_events: u64,
     /// How long the outcome of a finished id is remembered for replays (C3).
     pub outcome_retention_ms: u64,
+    /// A key whose oldest journal row is this many rows behind the newest is compacted by the
+    /// writer (snapshot from durable state); bounds the journal and the start-up scan.
+    pub journal_compact_window_rows: u64,
     /// Most requests in one group commit (one transaction, one fsync).
     pub group_commit_max_batch: usize,
     /// Requests that may wait for the writer before producers are slowed down.
@@ -40,6 +43,7 @@ impl Default for Config {
             idle_passivate_ms: 60_000,
             snapshot_every_events: 1_000,
             outcome_retention_ms: 24 * 3600 * 1000,
+            journal_compact_window_rows: 100_000,
             group_commit_max_batch: 4_096,
             writer_queue: 65_536,
             max_in_flight: 16_384,
@@ -55,6 +59,7 @@ const FIELDS: &[&str] = &[
     "idle_passivate_ms",
     "snapshot_every_events",
     "outcome_retention_ms",
+    "journal_compact_window_rows",
     "group_commit_max_batch",
     "writer_queue",
     "max_in_flight",
@@ -102,6 +107,11 @@ impl Config {
         }
         if self.group_commit_max_batch == 0 || self.writer_queue < self.group_commit_max_batch {
             return bad("need 1 <= group_commit_max_batch <= writer_queue");
+        }
+        if self.journal_compact_window_rows == 0
+            || self.journal_compact_window_rows > i64::MAX as u64
+        {
+            return bad("journal_compact_window_rows must be at least 1");
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be at least 1");

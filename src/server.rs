@@ -46,7 +46,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     let conn = store::open(&store::db_path(&config.data_dir)).context("opening the database")?;
     let in_flight = store::orders_in_flight(&conn)?;
-    let writer = Writer::start(conn, config.group_commit_max_batch, config.writer_queue)?;
+    let writer = Writer::start_with_window(
+        conn,
+        config.group_commit_max_batch,
+        config.writer_queue,
+        config.journal_compact_window_rows as i64,
+    )?;
     let clock = Arc::new(SystemClock::default());
     let env = StockEnv {
         writer: writer.handle.clone(),

@@ -198,8 +198,12 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     eprintln!("crash test seed {seed} (STOCKRING_CRASH_SEED to replay the schedule)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut done: Vec<(usize, History)> = Vec::new();
-    // Small snapshot interval so kills also land around snapshot writes and journal trims.
-    let env = [("STOCKRING_SNAPSHOT_EVERY_EVENTS", "50")];
+    // Small intervals so kills also land around snapshot writes, compactions and trims.
+    // The writer compacts keys 300 rows behind the newest and trims the journal constantly.
+    let env = [
+        ("STOCKRING_SNAPSHOT_EVERY_EVENTS", "50"),
+        ("STOCKRING_JOURNAL_COMPACT_WINDOW_ROWS", "300"),
+    ];
     for cycle in 0..cycles {
         let node = NodeProcess::start(dir.path(), &env).await;
         setup(&node, cycle).await;

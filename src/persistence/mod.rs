@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod codec;
 pub mod store;
+pub mod tails;
 pub mod writer;
 
 pub use store::{LoadedKey, StorageError};

@@ -2,20 +2,24 @@
 //!
 //! One database per node (`<data_dir>/stockring.db`), WAL mode with `synchronous=FULL`, so a
 //! transaction's commit returns only after its WAL frames are fsync'd. Tables:
-//! - `journal(seq, key, version, event)`: the node's ordered journal; `version` is the key's
-//!   version after the event, unique per key, so replay can check it has every event;
-//! - `snapshots(key, version, state)`: a key's state as of `version`; journal rows of that key
-//!   up to `version` are deleted in the same transaction that writes the snapshot;
+//! - `journal(seq, key, version, event)`: the node's journal, append-only in `seq` order, with
+//!   no per-key index (a group commit then writes a few sequential pages, not one random index
+//!   page per event); `version` is the key's version after the event, so a load can check it
+//!   has every event. Which rows belong to which key is kept in memory (`tails.rs`);
+//! - `snapshots(key, version, state)`: a key's state as of `version`; a snapshot never replaces
+//!   a newer one. Journal rows below the oldest row any key still needs are deleted in ranges;
 //! - `orders(order_id, status, record, updated_at_ms)`: order records (C3 for orders, recovery).
 
 use super::codec::{self, CodecError};
+use super::tails::{Row, Tails};
 use crate::domain::order::Order;
 use crate::domain::StockState;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The schema this binary writes. Older files are migrated forward on open; newer ones refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 pub const DB_FILE: &str = "stockring.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +99,12 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
              COMMIT;",
         )?;
     }
+    if found < 2 {
+        // v2: the per-key journal index moved into memory (see tails.rs).
+        conn.execute_batch(
+            "BEGIN; DROP INDEX IF EXISTS journal_by_key; PRAGMA user_version = 2; COMMIT;",
+        )?;
+    }
     // Future migrations go here as `if found < N { ... PRAGMA user_version = N; }`.
     Ok(())
 }
@@ -106,8 +116,9 @@ pub struct LoadedKey {
     pub tail_events: u64,
 }
 
-/// Rebuilds one key: latest snapshot, then every later journal event in version order.
-pub fn load_key(conn: &Connection, key: &str) -> Result<LoadedKey, StorageError> {
+/// Rebuilds one key: latest snapshot, then its journal rows (`rows`, from the tail index) past
+/// the snapshot's version, checking that no version is missing.
+pub fn load_key(conn: &Connection, key: &str, rows: &[Row]) -> Result<LoadedKey, StorageError> {
     let corrupt = |source| StorageError::Corrupt {
         what: key.to_owned(),
         source,
@@ -120,20 +131,18 @@ pub fn load_key(conn: &Connection, key: &str) -> Result<LoadedKey, StorageError>
         Some(blob) => codec::decode_snapshot(&blob).map_err(corrupt)?,
         None => StockState::default(),
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT version, event FROM journal WHERE key = ?1 AND version > ?2 ORDER BY version",
-    )?;
-    let mut rows = stmt.query(params![key, state.version() as i64])?;
+    let mut stmt = conn.prepare_cached("SELECT key, version, event FROM journal WHERE seq = ?1")?;
     let mut tail_events = 0;
-    while let Some(row) = rows.next()? {
-        let version: i64 = row.get(0)?;
-        let blob: Vec<u8> = row.get(1)?;
+    let from_snapshot = state.version();
+    for &(seq, version) in rows.iter().filter(|(_, v)| *v > from_snapshot) {
+        let (row_key, row_version, blob): (String, i64, Vec<u8>) =
+            stmt.query_row(params![seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         let expected = state.version() + 1;
-        if version as u64 != expected {
+        if row_key != key || row_version as u64 != version || version != expected {
             return Err(StorageError::JournalGap {
                 key: key.to_owned(),
                 expected,
-                found: version as u64,
+                found: version,
             });
         }
         let event = codec::decode_event(&blob).map_err(corrupt)?;
@@ -141,6 +150,35 @@ pub fn load_key(conn: &Connection, key: &str) -> Result<LoadedKey, StorageError>
         tail_events += 1;
     }
     Ok(LoadedKey { state, tail_events })
+}
+
+/// Rebuilds the tail index: every journal row not covered by its key's snapshot.
+pub fn scan_tails(conn: &Connection) -> Result<Tails, StorageError> {
+    let mut stmt = conn.prepare(
+        "SELECT j.seq, j.key, j.version FROM journal j LEFT JOIN snapshots s ON s.key = j.key
+         WHERE s.version IS NULL OR j.version > s.version ORDER BY j.seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut tails = Tails::default();
+    let mut keys: std::collections::HashMap<String, Arc<str>> = std::collections::HashMap::new();
+    while let Some(row) = rows.next()? {
+        let (seq, key, version): (i64, String, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let key = keys
+            .entry(key)
+            .or_insert_with_key(|k| Arc::from(k.as_str()))
+            .clone();
+        tails.append(&key, [(seq, version as u64)]);
+    }
+    Ok(tails)
+}
+
+/// The next rowid the journal will hand out.
+pub fn next_journal_rowid(conn: &Connection) -> Result<i64, StorageError> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM journal", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 pub fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, StorageError> {
@@ -176,31 +214,12 @@ pub fn orders_in_flight(conn: &Connection) -> Result<Vec<Order>, StorageError> {
     Ok(out)
 }
 
-/// Warehouses with durable state for `sku`. Keys are `sku/warehouse`, and `0` is the byte
-/// after `/`, so the range scan covers exactly this SKU's keys, using the primary keys' order.
-pub fn warehouses_of(conn: &Connection, sku: &str) -> Result<Vec<String>, StorageError> {
+/// Keys of `sku` that have a snapshot. Keys are `sku/warehouse`, and `0` is the byte after
+/// `/`, so the range scan covers exactly this SKU's keys. The writer adds keys that so far
+/// have only journal rows, from its tail index.
+pub fn snapshot_keys_of(conn: &Connection, sku: &str) -> Result<Vec<String>, StorageError> {
     let (lo, hi) = (format!("{sku}/"), format!("{sku}0"));
-    let mut stmt = conn.prepare_cached(
-        "SELECT key FROM snapshots WHERE key >= ?1 AND key < ?2
-         UNION SELECT DISTINCT key FROM journal WHERE key >= ?1 AND key < ?2 ORDER BY 1",
-    )?;
+    let mut stmt = conn.prepare_cached("SELECT key FROM snapshots WHERE key >= ?1 AND key < ?2")?;
     let keys = stmt.query_map(params![lo, hi], |r| r.get::<_, String>(0))?;
-    let mut out = Vec::new();
-    for key in keys {
-        let key = key?;
-        if let Some((_, wh)) = key.split_once('/') {
-            out.push(wh.to_owned());
-        }
-    }
-    Ok(out)
-}
-
-/// Keys with any state on disk (for `stockring inspect` and tests; walks whole tables).
-pub fn count_keys(conn: &Connection) -> Result<u64, StorageError> {
-    let n: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM (SELECT key FROM snapshots UNION SELECT key FROM journal)",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(n as u64)
+    Ok(keys.collect::<Result<_, _>>()?)
 }

@@ -7,11 +7,18 @@
 //! last events (from a passivated actor) therefore always sees them, and never sees anything
 //! that is not yet durable.
 //!
+//! The journal is append-only; the writer keeps each key's live rows in memory (`Tails`),
+//! compacts keys whose rows fall `window` rows behind the newest (it rebuilds the key from
+//! durable data and writes its snapshot, a few keys per commit), and deletes journal rows in
+//! ranges once every key's snapshot covers them.
+//!
 //! A failed commit leaves the actors' memory ahead of the disk. There is no safe way to go on,
 //! so the writer fails every pending request and aborts the process (fail-stop); restart
 //! recovers from what is durable.
 
+use super::codec;
 use super::store::{self, LoadedKey, StorageError};
+use super::tails::{Row, Tails};
 use crate::domain::order::Order;
 use rusqlite::{params, Connection};
 use std::sync::Arc;
@@ -32,7 +39,7 @@ pub enum Request {
         events: Vec<Vec<u8>>,
         done: Done,
     },
-    /// A key's state as of `version`; drops the journal rows it covers.
+    /// A key's state as of `version`; covers the key's journal rows up to it.
     Snapshot {
         key: Arc<str>,
         version: u64,
@@ -99,20 +106,60 @@ impl WriterHandle {
     }
 }
 
+/// Most keys compacted per group commit, so compaction never stalls the commit loop for long.
+const COMPACT_PER_COMMIT: usize = 64;
+/// Covered journal rows are deleted once at least this many have accumulated.
+const TRIM_MIN_ROWS: i64 = 10_000;
+
 pub struct Writer {
     pub handle: WriterHandle,
     thread: std::thread::JoinHandle<()>,
 }
 
+/// The writer thread's state: the connection and the in-memory index of live journal rows.
+struct Journal {
+    conn: Connection,
+    tails: Tails,
+    next_rowid: i64,
+    trimmed_below: i64,
+    window: i64,
+}
+
+/// What a committed transaction changed in the tail index, applied only after the commit.
+enum TailChange {
+    Appended(Arc<str>, Vec<Row>),
+    Covered(Arc<str>, u64),
+}
+
 impl Writer {
     /// Starts the writer on an opened connection. `queue` bounds the requests waiting, so
-    /// producers feel backpressure instead of growing memory without limit.
-    pub fn start(conn: Connection, max_batch: usize, queue: usize) -> std::io::Result<Self> {
-        assert!(max_batch > 0 && queue >= max_batch);
+    /// producers feel backpressure instead of growing memory without limit; `window` is the
+    /// compaction window in journal rows (`journal_compact_window_rows` in the config).
+    pub fn start_with_window(
+        conn: Connection,
+        max_batch: usize,
+        queue: usize,
+        window: i64,
+    ) -> Result<Self, StorageError> {
+        assert!(max_batch > 0 && queue >= max_batch && window > 0);
+        let tails = store::scan_tails(&conn)?;
+        let next_rowid = store::next_journal_rowid(&conn)?;
+        tracing::info!(
+            live_rows = tails.live_rows(),
+            keys = tails.keys(),
+            "journal tail index rebuilt"
+        );
+        let journal = Journal {
+            conn,
+            tails,
+            next_rowid,
+            trimmed_below: 0,
+            window,
+        };
         let (tx, rx) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
             .name("stockring-writer".into())
-            .spawn(move || run(conn, rx, max_batch))?;
+            .spawn(move || run(journal, rx, max_batch))?;
         Ok(Self {
             handle: WriterHandle { tx },
             thread,
@@ -129,7 +176,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
+fn run(mut j: Journal, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut closing = false;
     while let Some(first) = rx.blocking_recv() {
@@ -144,28 +191,29 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Request>, max_batch: usize) 
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch);
+        commit_batch(&mut j, &mut batch);
         if closing {
             break;
         }
     }
     drop(rx);
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+    if let Err(e) = j.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed on open");
     }
     tracing::info!("journal writer drained and stopped");
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>) {
+fn commit_batch(j: &mut Journal, batch: &mut Vec<Request>) {
     let started = Instant::now();
     let writes = batch.iter().filter(|r| !r.is_read()).count();
-    let result = if writes > 0 {
-        write_all(conn, batch)
-    } else {
-        Ok(0)
-    };
-    match result {
-        Ok(events) => {
+    match write_all(j, batch) {
+        Ok((events, changes)) => {
+            for change in changes {
+                match change {
+                    TailChange::Appended(key, rows) => j.tails.append(&key, rows),
+                    TailChange::Covered(key, version) => j.tails.covered(&key, version),
+                }
+            }
             if writes > 0 {
                 metrics::histogram!("stockring_group_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
@@ -173,8 +221,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>) {
                 metrics::counter!("stockring_group_commits_total").increment(1);
                 metrics::counter!("stockring_journal_events_total").increment(events);
             }
+            metrics::gauge!("stockring_journal_live_rows").set(j.tails.live_rows() as f64);
             for request in batch.drain(..) {
-                finish(conn, request);
+                finish(j, request);
             }
         }
         Err(e) => {
@@ -187,18 +236,24 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Request>) {
     }
 }
 
-/// Writes every request of the batch in one transaction; returns the number of events.
-fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageError> {
-    let tx = conn.transaction()?;
+/// Writes the batch, a little compaction and a trim in one transaction. Returns the number of
+/// events and the tail-index changes to apply once the commit succeeded.
+fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>), StorageError> {
+    let compact = j
+        .tails
+        .older_than(j.next_rowid - j.window, COMPACT_PER_COMMIT);
+    let horizon = j.tails.trim_horizon(j.next_rowid);
+    let trim = horizon - j.trimmed_below >= TRIM_MIN_ROWS.min(j.window);
+    if batch.iter().all(Request::is_read) && compact.is_empty() && !trim {
+        return Ok((0, Vec::new()));
+    }
+    let mut changes = Vec::new();
     let mut events = 0u64;
+    let tx = j.conn.transaction()?;
     {
-        let mut append =
-            tx.prepare_cached("INSERT INTO journal (key, version, event) VALUES (?1, ?2, ?3)")?;
-        let mut snapshot = tx.prepare_cached(
-            "INSERT INTO snapshots (key, version, state) VALUES (?1, ?2, ?3)
-             ON CONFLICT(key) DO UPDATE SET version = excluded.version, state = excluded.state",
+        let mut append = tx.prepare_cached(
+            "INSERT INTO journal (seq, key, version, event) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut trim = tx.prepare_cached("DELETE FROM journal WHERE key = ?1 AND version <= ?2")?;
         let mut order = tx.prepare_cached(
             "INSERT INTO orders (order_id, status, record, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(order_id) DO UPDATE SET status = excluded.status, record = excluded.record,
@@ -212,14 +267,15 @@ fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageErr
                     events: blobs,
                     ..
                 } => {
+                    let mut rows = Vec::with_capacity(blobs.len());
                     for (i, blob) in blobs.iter().enumerate() {
-                        append.execute(params![
-                            &**key,
-                            (*first_version + i as u64) as i64,
-                            blob
-                        ])?;
+                        let version = first_version + i as u64;
+                        append.execute(params![j.next_rowid, &**key, version as i64, blob])?;
+                        rows.push((j.next_rowid, version));
+                        j.next_rowid += 1;
                     }
                     events += blobs.len() as u64;
+                    changes.push(TailChange::Appended(key.clone(), rows));
                 }
                 Request::Snapshot {
                     key,
@@ -227,8 +283,8 @@ fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageErr
                     state,
                     ..
                 } => {
-                    snapshot.execute(params![&**key, *version as i64, state])?;
-                    trim.execute(params![&**key, *version as i64])?;
+                    put_snapshot(&tx, key, *version, state)?;
+                    changes.push(TailChange::Covered(key.clone(), *version));
                 }
                 Request::PutOrder {
                     order_id,
@@ -246,12 +302,42 @@ fn write_all(conn: &mut Connection, batch: &[Request]) -> Result<u64, StorageErr
                 | Request::Close => {}
             }
         }
+        for key in compact {
+            // Rebuilt from durable data only: the snapshot (maybe just written by this batch)
+            // plus the rows committed before this batch. A newer snapshot is never replaced.
+            let loaded = store::load_key(&tx, &key, j.tails.rows_of(&key))?;
+            let version = loaded.state.version();
+            put_snapshot(&tx, &key, version, &codec::encode_snapshot(&loaded.state))?;
+            changes.push(TailChange::Covered(key, version));
+            metrics::counter!("stockring_journal_compactions_total").increment(1);
+        }
+        if trim {
+            // Every row below the horizon is covered by a committed snapshot.
+            tx.prepare_cached("DELETE FROM journal WHERE seq < ?1")?
+                .execute(params![horizon])?;
+            j.trimmed_below = horizon;
+        }
     }
     tx.commit()?;
-    Ok(events)
+    Ok((events, changes))
 }
 
-fn finish(conn: &Connection, request: Request) {
+fn put_snapshot(
+    tx: &Connection,
+    key: &str,
+    version: u64,
+    state: &[u8],
+) -> Result<(), StorageError> {
+    tx.prepare_cached(
+        "INSERT INTO snapshots (key, version, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT(key) DO UPDATE SET version = excluded.version, state = excluded.state
+         WHERE excluded.version > snapshots.version",
+    )?
+    .execute(params![key, version as i64, state])?;
+    Ok(())
+}
+
+fn finish(j: &Journal, request: Request) {
     match request {
         Request::Append { done, .. }
         | Request::PutOrder { done, .. }
@@ -261,11 +347,26 @@ fn finish(conn: &Connection, request: Request) {
                 done(Ok(()));
             }
         }
-        Request::LoadKey { key, reply } => reply(store::load_key(conn, &key)),
-        Request::LoadOrder { order_id, reply } => reply(store::load_order(conn, &order_id)),
-        Request::ListWarehouses { sku, reply } => reply(store::warehouses_of(conn, &sku)),
+        Request::LoadKey { key, reply } => {
+            reply(store::load_key(&j.conn, &key, j.tails.rows_of(&key)))
+        }
+        Request::LoadOrder { order_id, reply } => reply(store::load_order(&j.conn, &order_id)),
+        Request::ListWarehouses { sku, reply } => reply(warehouses_of(j, &sku)),
         Request::Close => {}
     }
+}
+
+/// Warehouses with durable state for `sku`: keys with a snapshot or with live journal rows.
+fn warehouses_of(j: &Journal, sku: &str) -> Result<Vec<String>, StorageError> {
+    let mut keys = store::snapshot_keys_of(&j.conn, sku)?;
+    let prefix = format!("{sku}/");
+    keys.extend(j.tails.keys_with_prefix(&prefix).map(|k| k.to_string()));
+    keys.sort();
+    keys.dedup();
+    Ok(keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+        .collect())
 }
 
 fn fail(request: Request, e: &StorageError) {
@@ -285,3 +386,7 @@ fn fail(request: Request, e: &StorageError) {
         Request::Close => {}
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;

@@ -1,0 +1,146 @@
+//! Which journal rows each key still needs: the rows written after the key's latest snapshot.
+//!
+//! The journal is append-only (rowid order), so a group commit writes a few sequential pages
+//! however many keys it touches; no per-key B-tree is kept on disk. This index replaces it: it
+//! lives in the writer thread, is rebuilt from the journal and snapshot versions on start, and
+//! tells a key load which rows to read. It also gives the trim horizon: every journal row below
+//! the oldest live row of any key is covered by a snapshot and can be deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// One journal row of a key: its rowid and the key's version after the event.
+pub type Row = (i64, u64);
+
+#[derive(Default)]
+pub struct Tails {
+    by_key: BTreeMap<Arc<str>, Vec<Row>>,
+    /// (first live rowid, key) of every key with a tail: the oldest tails first.
+    by_age: BTreeSet<(i64, Arc<str>)>,
+    rows: u64,
+}
+
+impl Tails {
+    /// Rows appended for `key`, in version order, after every row already recorded for it.
+    pub fn append(&mut self, key: &Arc<str>, rows: impl IntoIterator<Item = Row>) {
+        let tail = self.by_key.entry(key.clone()).or_default();
+        let was_empty = tail.is_empty();
+        for row in rows {
+            if let Some(last) = tail.last() {
+                assert!(
+                    row.0 > last.0 && row.1 == last.1 + 1,
+                    "journal rows of {key} out of order"
+                );
+            }
+            tail.push(row);
+            self.rows += 1;
+        }
+        if was_empty {
+            if let Some(first) = tail.first() {
+                self.by_age.insert((first.0, key.clone()));
+            }
+        }
+    }
+
+    /// A snapshot of `key` at `version` covers its rows up to that version.
+    pub fn covered(&mut self, key: &str, version: u64) {
+        let Some((k, mut tail)) = self.by_key.remove_entry(key) else {
+            return;
+        };
+        let first = tail[0].0;
+        let drop = tail.partition_point(|(_, v)| *v <= version);
+        if drop > 0 {
+            tail.drain(..drop);
+            self.rows -= drop as u64;
+            self.by_age.remove(&(first, k.clone()));
+            if let Some(next) = tail.first() {
+                self.by_age.insert((next.0, k.clone()));
+            }
+        }
+        if !tail.is_empty() {
+            self.by_key.insert(k, tail);
+        }
+    }
+
+    pub fn rows_of(&self, key: &str) -> &[Row] {
+        self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Keys whose oldest live row is below `rowid`, oldest first, at most `limit`.
+    pub fn older_than(&self, rowid: i64, limit: usize) -> Vec<Arc<str>> {
+        self.by_age
+            .iter()
+            .take_while(|(first, _)| *first < rowid)
+            .take(limit)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// Every journal row below this rowid is covered by a snapshot.
+    pub fn trim_horizon(&self, next_rowid: i64) -> i64 {
+        self.by_age.first().map_or(next_rowid, |(first, _)| *first)
+    }
+
+    /// Keys with live rows whose name starts with `prefix`.
+    pub fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<str>> + 'a {
+        self.by_key
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k)
+            .take_while(move |k| k.starts_with(prefix))
+    }
+
+    pub fn live_rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn keys(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_cover_rows_and_move_the_horizon() {
+        let (a, b): (Arc<str>, Arc<str>) = ("s/a".into(), "s/b".into());
+        let mut t = Tails::default();
+        t.append(&a, [(1, 1), (3, 2)]);
+        t.append(&b, [(2, 1)]);
+        t.append(&a, [(4, 3)]);
+        assert_eq!(t.trim_horizon(5), 1);
+        assert_eq!(t.older_than(3, 10), vec![a.clone(), b.clone()]);
+        t.covered("s/a", 2);
+        assert_eq!(t.rows_of("s/a"), &[(4, 3)]);
+        assert_eq!(t.trim_horizon(5), 2);
+        t.covered("s/b", 1);
+        t.covered("s/a", 3);
+        assert_eq!(t.trim_horizon(5), 5);
+        assert_eq!((t.live_rows(), t.keys()), (0, 0));
+    }
+
+    #[test]
+    fn prefix_lookup_stays_within_the_sku() {
+        let mut t = Tails::default();
+        for (i, k) in ["s1/w1", "s1/w2", "s10/w1", "s2/w1"].iter().enumerate() {
+            t.append(&Arc::from(*k), [(i as i64 + 1, 1)]);
+        }
+        let found: Vec<&str> = t.keys_with_prefix("s1/").map(|k| &**k).collect();
+        assert_eq!(found, ["s1/w1", "s1/w2"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of order")]
+    fn rows_must_come_in_version_order() {
+        let mut t = Tails::default();
+        let k: Arc<str> = "k".into();
+        t.append(&k, [(1, 1), (2, 3)]);
+    }
+}
