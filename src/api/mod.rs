@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod orders;
 pub mod reply;
 pub mod stock;
+pub mod telemetry;
 
 use crate::actors::order::OrderCoordinator;
 use crate::actors::Node;
@@ -48,8 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/commit", post(orders::commit))
         .route("/v1/orders/{id}/release", post(orders::release))
-        .route("/v1/batch", post(orders::batch))
-        .route_layer(middleware::from_fn_with_state(state.clone(), ready_gate));
+        .route("/v1/batch", post(orders::batch));
     Router::new()
         .merge(v1)
         .route(
@@ -67,7 +67,7 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed here",
             )
         })
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -89,35 +89,29 @@ async fn render_metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }
 
-/// Refuses API calls until recovery (interrupted orders) has finished.
-async fn ready_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.node.is_ready() {
-        next.run(req).await
-    } else {
-        ApiError::new(
+/// The one middleware: refuses `/v1` calls until recovery (interrupted orders) has finished,
+/// and records count and latency per route template (never per SKU: bounded label values).
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.node.is_ready() && req.uri().path().starts_with("/v1/") {
+        return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "recovery in progress",
         )
         .with("retry_after_ms", 100)
-        .into_response()
+        .into_response();
     }
-}
-
-/// Request count and latency per route template (never per SKU: bounded label values).
-async fn observe(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let started = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::histogram!("stockring_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("stockring_http_requests_total", "method" => method, "route" => route, "status" => status).increment(1);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    telemetry::record_http(
+        route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }
 

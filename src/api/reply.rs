@@ -45,7 +45,7 @@ pub fn outcome_reply(
         Ok(_) => "ok",
         Err(e) => e.code,
     };
-    metrics::counter!("stockring_operations_total", "op" => op, "outcome" => label).increment(1);
+    super::telemetry::record_operation(op, label);
     result
 }
 

@@ -71,7 +71,7 @@ pub async fn get_key(State(state): State<AppState>, path: KeyPath) -> ApiResult 
     let Path((sku, wh)) = path?;
     let key = dto::key(&sku, &wh)?;
     let view = state.node.read(key.clone()).await?;
-    metrics::counter!("stockring_operations_total", "op" => "get", "outcome" => "ok").increment(1);
+    super::telemetry::record_operation("get", "ok");
     Ok((StatusCode::OK, Json(view_body(&key, &view))))
 }
 
