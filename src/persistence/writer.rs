@@ -197,6 +197,14 @@ fn run(mut j: Journal, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
         }
     }
     drop(rx);
+    // Every actor snapshotted on drain: leave no covered rows for the next start to scan.
+    let horizon = j.tails.trim_horizon(j.next_rowid);
+    if let Err(e) = j
+        .conn
+        .execute("DELETE FROM journal WHERE seq < ?1", params![horizon])
+    {
+        tracing::warn!(error = %e, "final journal trim failed; the next start scans more");
+    }
     if let Err(e) = j.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed on open");
     }

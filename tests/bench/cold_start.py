@@ -9,8 +9,10 @@
    request to a passivated key (it activates the actor: snapshot load via the writer thread).
    Prints p50/p99/p999/max of those, then the RSS after.
 
-Usage: tests/bench/cold_start.py [KEYS] [SAMPLE]   (from the repository root, after
-`cargo build --release`). Only the Python standard library is used.
+Usage: tests/bench/cold_start.py [KEYS] [SAMPLE] [term|kill]   (from the repository root,
+after `cargo build --release`). `kill` stops the node with SIGKILL instead of SIGTERM: no
+drain, so the restart rebuilds the journal tail index from the rows not yet compacted.
+Only the Python standard library is used.
 """
 
 import http.client
@@ -90,8 +92,10 @@ def main():
     t0 = time.monotonic()
     populate(keys)
     print(f"populated {keys} keys in {time.monotonic() - t0:.1f} s")
-    proc.send_signal(signal.SIGTERM)
+    stop = signal.SIGKILL if len(sys.argv) > 3 and sys.argv[3] == "kill" else signal.SIGTERM
+    proc.send_signal(stop)
     proc.wait()
+    print(f"stopped with {stop.name}")
     db = os.path.join(data, "stockring.db")
     print(f"database {os.path.getsize(db) / 2**20:.0f} MiB")
     proc, ready_s = start(data)
