@@ -311,8 +311,8 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
             }
         }
         for key in compact {
-            // Rebuilt from durable data only: the snapshot (maybe just written by this batch)
-            // plus the rows committed before this batch. A newer snapshot is never replaced.
+            // Rebuilt from durable data only: the stored snapshot (maybe just written by this
+            // batch) plus the rows committed before this batch. A newer one is never replaced.
             let loaded = store::load_key(&tx, &key, j.tails.rows_of(&key))?;
             let version = loaded.state.version();
             put_snapshot(&tx, &key, version, &codec::encode_snapshot(&loaded.state))?;
@@ -330,6 +330,10 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
     Ok((events, changes))
 }
 
+/// Writes a key's snapshot unless a newer one is stored. An equal version replaces: both
+/// states agree except for ids the actor forgot (pruned) just before its snapshot, and the
+/// forgetting must win, or a later reuse of a forgotten id would not replay on the stored one.
+/// (Compaction always builds on the stored snapshot, so it never undoes a pruning.)
 fn put_snapshot(
     tx: &Connection,
     key: &str,
@@ -339,7 +343,7 @@ fn put_snapshot(
     tx.prepare_cached(
         "INSERT INTO snapshots (key, version, state) VALUES (?1, ?2, ?3)
          ON CONFLICT(key) DO UPDATE SET version = excluded.version, state = excluded.state
-         WHERE excluded.version > snapshots.version",
+         WHERE excluded.version >= snapshots.version",
     )?
     .execute(params![key, version as i64, state])?;
     Ok(())

@@ -98,3 +98,88 @@ fn compaction_and_trim_keep_every_key_loadable() {
         assert_eq!(&loaded.state, state, "{key} after restart");
     }
 }
+
+/// The actor prunes forgotten ids just before writing its snapshot; the writer may already have
+/// compacted the key at that same version from the unpruned durable state. The actor's pruned
+/// snapshot must win, or a later reuse of a forgotten id makes the key unloadable.
+#[test]
+fn a_pruned_snapshot_replaces_a_compaction_at_the_same_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store::db_path(dir.path());
+    let writer =
+        Writer::start_with_window(store::open(&path).expect("open"), 1, 8, 5).expect("start");
+    let submit = |key: &Arc<str>, state: &StockState, events: Vec<crate::domain::Event>| {
+        let first_version = state.version() - events.len() as u64 + 1;
+        let events = events.iter().map(codec::encode_event).collect();
+        let done = Box::new(|r: Result<(), StorageError>| r.expect("durable"));
+        writer
+            .handle
+            .blocking_submit(Request::Append {
+                key: key.clone(),
+                first_version,
+                events,
+                done,
+            })
+            .expect("submit");
+    };
+    let (hot, other): (Arc<str>, Arc<str>) = ("s/hot".into(), "s/other".into());
+    let mut state = StockState::default();
+    let id = ReservationId::parse("r1").expect("id");
+    let receive = Command::Receive {
+        op_id: OpId::parse("op").expect("id"),
+        qty: Qty::new(9).expect("qty"),
+    };
+    let reserve = Command::Reserve {
+        reservation_id: id.clone(),
+        qty: Qty::new(2).expect("qty"),
+        ttl_ms: 10,
+        order_id: None,
+    };
+    for (cmd, now) in [
+        (&receive, 1),
+        (&reserve, 2),
+        (
+            &Command::Release {
+                reservation_id: id.clone(),
+            },
+            3,
+        ),
+    ] {
+        let (_, events) = state.apply(cmd, now);
+        submit(&hot, &state, events);
+    }
+    // Traffic on another key pushes the hot key's rows out of the window: the writer compacts
+    // it (unpruned) at its current version.
+    let mut other_state = StockState::default();
+    for step in 0..20 {
+        let cmd = Command::Receive {
+            op_id: OpId::parse(&format!("o{step}")).expect("id"),
+            qty: Qty::new(1).expect("qty"),
+        };
+        let (_, events) = other_state.apply(&cmd, 4 + step);
+        submit(&other, &other_state, events);
+    }
+    assert_eq!(
+        load(&writer.handle, &hot),
+        state,
+        "compaction kept the state"
+    );
+    // The actor forgets r1 (retention over) and snapshots at the same version.
+    assert_eq!(state.prune(1_000_000, 1_000), 2);
+    let request = Request::Snapshot {
+        key: hot.clone(),
+        version: state.version(),
+        state: codec::encode_snapshot(&state),
+        done: None,
+    };
+    writer.handle.blocking_submit(request).expect("submit");
+    // A client reuses the forgotten id: a new reservation.
+    let (outcome, events) = state.apply(&reserve, 1_000_001);
+    assert!(matches!(
+        outcome,
+        crate::domain::Outcome::Reserved { replay: false, .. }
+    ));
+    submit(&hot, &state, events);
+    assert_eq!(load(&writer.handle, &hot), state);
+    writer.join();
+}
