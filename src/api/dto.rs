@@ -91,6 +91,11 @@ pub struct KeyBody {
     pub warehouse: String,
 }
 
+/// The body of an op-id operation on one key (count, receipt, safety stock).
+pub trait KeyOpBody: serde::de::DeserializeOwned + Send + 'static {
+    fn into_command(self) -> Result<Command, ApiError>;
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetOnHandBody {
@@ -98,8 +103,8 @@ pub struct SetOnHandBody {
     pub op_id: String,
 }
 
-impl SetOnHandBody {
-    pub fn into_command(self) -> Result<Command, ApiError> {
+impl KeyOpBody for SetOnHandBody {
+    fn into_command(self) -> Result<Command, ApiError> {
         Ok(Command::SetOnHand {
             op_id: op_id(&self.op_id)?,
             on_hand: stock_figure("on_hand", self.on_hand)?,
@@ -114,8 +119,8 @@ pub struct ReceiptBody {
     pub op_id: String,
 }
 
-impl ReceiptBody {
-    pub fn into_command(self) -> Result<Command, ApiError> {
+impl KeyOpBody for ReceiptBody {
+    fn into_command(self) -> Result<Command, ApiError> {
         Ok(Command::Receive {
             op_id: op_id(&self.op_id)?,
             qty: qty(self.qty)?,
@@ -130,8 +135,8 @@ pub struct SafetyStockBody {
     pub op_id: String,
 }
 
-impl SafetyStockBody {
-    pub fn into_command(self) -> Result<Command, ApiError> {
+impl KeyOpBody for SafetyStockBody {
+    fn into_command(self) -> Result<Command, ApiError> {
         Ok(Command::SetSafetyStock {
             op_id: op_id(&self.op_id)?,
             safety_stock: stock_figure("safety_stock", self.safety_stock)?,

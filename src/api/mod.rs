@@ -38,12 +38,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stock/{sku}", get(stock::get_sku))
         .route(
             "/v1/stock/{sku}/{warehouse}",
-            get(stock::get_key).put(stock::set_on_hand),
+            get(stock::get_key).put(stock::key_op::<dto::SetOnHandBody>),
         )
-        .route("/v1/stock/{sku}/{warehouse}/receipts", post(stock::receive))
+        .route(
+            "/v1/stock/{sku}/{warehouse}/receipts",
+            post(stock::key_op::<dto::ReceiptBody>),
+        )
         .route(
             "/v1/stock/{sku}/{warehouse}/safety-stock",
-            axum::routing::put(stock::set_safety_stock),
+            axum::routing::put(stock::key_op::<dto::SafetyStockBody>),
         )
         .route("/v1/orders", post(orders::create))
         .route("/v1/orders/{id}", get(orders::get))

@@ -1,7 +1,7 @@
 //! Handlers for reservations and stock: validate into domain types, run on the node, map the
 //! outcome. No business rules here.
 
-use super::dto::{self, KeyBody, ReceiptBody, ReserveBody, SafetyStockBody, SetOnHandBody};
+use super::dto::{self, KeyBody, KeyOpBody, ReserveBody};
 use super::error::ApiError;
 use super::reply::{outcome_reply, view_body, Reply};
 use super::AppState;
@@ -75,32 +75,12 @@ pub async fn get_key(State(state): State<AppState>, path: KeyPath) -> ApiResult 
     Ok((StatusCode::OK, Json(view_body(&key, &view))))
 }
 
-pub async fn set_on_hand(
+/// `PUT /v1/stock/{sku}/{warehouse}` (count), `.../receipts`, `.../safety-stock`: one handler,
+/// instantiated per body type.
+pub async fn key_op<B: KeyOpBody>(
     State(state): State<AppState>,
     path: KeyPath,
-    body: Body<SetOnHandBody>,
-) -> ApiResult {
-    let Path((sku, wh)) = path?;
-    let key = dto::key(&sku, &wh)?;
-    let Json(body) = body?;
-    run(&state, key, body.into_command()?).await
-}
-
-pub async fn receive(
-    State(state): State<AppState>,
-    path: KeyPath,
-    body: Body<ReceiptBody>,
-) -> ApiResult {
-    let Path((sku, wh)) = path?;
-    let key = dto::key(&sku, &wh)?;
-    let Json(body) = body?;
-    run(&state, key, body.into_command()?).await
-}
-
-pub async fn set_safety_stock(
-    State(state): State<AppState>,
-    path: KeyPath,
-    body: Body<SafetyStockBody>,
+    body: Body<B>,
 ) -> ApiResult {
     let Path((sku, wh)) = path?;
     let key = dto::key(&sku, &wh)?;
