@@ -4,7 +4,7 @@
 
 use crate::actors::clock::SystemClock;
 use crate::actors::order::OrderCoordinator;
-use crate::actors::router::{Router, RouterConfig, RouterMsg};
+use crate::actors::router::{Directory, Router, RouterConfig, RouterMsg};
 use crate::actors::stock::StockEnv;
 use crate::actors::Node;
 use crate::api::{self, AppState};
@@ -63,9 +63,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         max_active: config.max_active_actors,
         idle: Duration::from_millis(config.idle_passivate_ms),
     };
-    let (router, router_task) = Actor::spawn(None, Router, (env, router_config)).await?;
+    let directory = Directory::new(env, router_config);
+    let (router, router_task) = Actor::spawn(None, Router, directory.clone()).await?;
     let node = Node::new(
-        router.clone(),
+        directory,
         writer.handle.clone(),
         config.max_in_flight,
         clock,

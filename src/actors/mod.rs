@@ -8,8 +8,7 @@ pub mod stock;
 
 use crate::domain::{Command, Outcome, StockKey, StockView};
 use crate::persistence::{StorageError, WriterHandle};
-use ractor::ActorRef;
-use router::RouterMsg;
+use router::Directory;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +33,7 @@ pub enum ServiceError {
 /// The node as the API sees it: cheap to clone, safe to share.
 #[derive(Clone)]
 pub struct Node {
-    router: ActorRef<RouterMsg>,
+    directory: Arc<Directory>,
     writer: WriterHandle,
     permits: Arc<Semaphore>,
     admission_wait: Duration,
@@ -44,13 +43,13 @@ pub struct Node {
 
 impl Node {
     pub fn new(
-        router: ActorRef<RouterMsg>,
+        directory: Arc<Directory>,
         writer: WriterHandle,
         max_in_flight: usize,
         clock: Arc<dyn clock::Clock>,
     ) -> Self {
         Self {
-            router,
+            directory,
             writer,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             admission_wait: Duration::from_secs(1),
@@ -104,23 +103,13 @@ impl Node {
             }
         };
         let (tx, rx) = oneshot::channel();
-        self.router
-            .send_message(RouterMsg::Route { key, msg: make(tx) })
-            .map_err(|_| ServiceError::ShuttingDown)?;
+        self.directory.route(key, make(tx));
         let result = rx.await.map_err(|_| ServiceError::Unavailable)?;
         drop(permit);
         result
     }
 
-    pub async fn active_actors(&self) -> usize {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .router
-            .send_message(RouterMsg::ActiveCount { reply: tx })
-            .is_err()
-        {
-            return 0;
-        }
-        rx.await.unwrap_or(0)
+    pub fn active_actors(&self) -> usize {
+        self.directory.active()
     }
 }

@@ -1,41 +1,31 @@
-//! The router: one per node. It finds the stock actor of a key, activating it on first use,
-//! and passivates actors that are idle or beyond the cap on active actors.
+//! Finding, activating and passivating stock actors: one `Directory` per node, consulted
+//! directly by request tasks (no extra actor hop on the hot path), plus the `Router` actor that
+//! supervises the stock actors and runs the periodic idle sweep, the cap and the drain.
 //!
-//! Every message to a stock actor goes through the router, so the router is its only sender
-//! and ractor's per-sender FIFO orders `Passivate` after everything forwarded before it. A key
-//! whose actor is stopping has its messages queued here until the actor has terminated; only
-//! then is a new actor activated. So at most one actor per key exists at any moment, and the
-//! new one loads only after the old one's last events were handed to the writer.
+//! Every send to a stock actor (requests and `Passivate`) happens under its key's shard lock,
+//! so the sends to one actor are totally ordered and `Passivate` comes after every message sent
+//! before it. A key whose actor is stopping has its messages queued in its slot until the
+//! actor has terminated; only then is a new actor activated (and handed the queue). So at most
+//! one actor per key exists at any moment, and a new one loads only after the old one's last
+//! events were handed to the writer.
 
 use super::stock::{StockActor, StockEnv, StockMsg};
 use crate::domain::StockKey;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-pub enum RouterMsg {
-    Route {
-        key: StockKey,
-        msg: StockMsg,
-    },
-    /// Periodic: passivate actors idle for longer than the configured idle time.
-    Sweep,
-    ActiveCount {
-        reply: tokio::sync::oneshot::Sender<usize>,
-    },
-    /// Shutdown: passivate every actor (each writes its snapshot); answers once all stopped.
-    Drain {
-        reply: tokio::sync::oneshot::Sender<()>,
-    },
-}
+const SHARDS: usize = 16;
 
 #[derive(Clone)]
 pub struct RouterConfig {
     pub max_active: usize,
     pub idle: Duration,
 }
-
-pub struct Router;
 
 enum Slot {
     Active {
@@ -46,12 +36,197 @@ enum Slot {
     Stopping { queued: Vec<StockMsg> },
 }
 
-pub struct RouterState {
+pub struct Directory {
+    shards: Vec<Mutex<HashMap<StockKey, Slot>>>,
+    hasher: RandomState,
+    by_actor: Mutex<HashMap<ActorId, StockKey>>,
+    active: AtomicUsize,
+    draining: AtomicBool,
     env: StockEnv,
     config: RouterConfig,
-    slots: HashMap<StockKey, Slot>,
-    by_actor: HashMap<ActorId, StockKey>,
-    active: usize,
+    router: OnceLock<ActorRef<RouterMsg>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard lock cannot leave a slot half-written (every update is a
+    // single insert or remove), so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Directory {
+    pub fn new(env: StockEnv, config: RouterConfig) -> Arc<Self> {
+        assert!(config.max_active > 0);
+        Arc::new(Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            by_actor: Mutex::default(),
+            active: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            env,
+            config,
+            router: OnceLock::new(),
+        })
+    }
+
+    fn shard(&self, key: &StockKey) -> MutexGuard<'_, HashMap<StockKey, Slot>> {
+        lock(&self.shards[self.hasher.hash_one(key) as usize % SHARDS])
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Delivers `msg` to the key's actor, activating one if there is none. If the message
+    /// cannot be delivered, it is dropped and the caller's reply port with it (a retryable
+    /// error for the caller; nothing was applied).
+    pub fn route(&self, key: StockKey, msg: StockMsg) {
+        let mut shard = self.shard(&key);
+        match shard.get_mut(&key) {
+            Some(Slot::Active { actor, last_used }) => {
+                *last_used = Instant::now();
+                let _ = actor.send_message(msg);
+            }
+            Some(Slot::Stopping { queued }) => queued.push(msg),
+            None => self.activate(&mut shard, key, vec![msg]),
+        }
+        drop(shard);
+        if self.active() > self.config.max_active {
+            if let Some(router) = self.router.get() {
+                let _ = router.send_message(RouterMsg::Shed);
+            }
+        }
+    }
+
+    fn activate(&self, shard: &mut HashMap<StockKey, Slot>, key: StockKey, msgs: Vec<StockMsg>) {
+        let Some(router) = self.router.get() else {
+            return;
+        };
+        let spawned = ractor::ActorRuntime::spawn_linked_instant(
+            None,
+            StockActor,
+            (key.clone(), self.env.clone()),
+            router.get_cell(),
+        );
+        let actor = match spawned {
+            Ok((actor, _)) => actor,
+            Err(e) => {
+                tracing::error!(key = %key, error = %e, "could not spawn a stock actor");
+                return;
+            }
+        };
+        for msg in msgs {
+            let _ = actor.send_message(msg);
+        }
+        lock(&self.by_actor).insert(actor.get_id(), key.clone());
+        shard.insert(
+            key,
+            Slot::Active {
+                actor,
+                last_used: Instant::now(),
+            },
+        );
+        let active = self.active.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::gauge!("stockring_active_actors").set(active as f64);
+    }
+
+    fn passivate(&self, key: &StockKey) {
+        let mut shard = self.shard(key);
+        if let Some(slot) = shard.get_mut(key) {
+            if let Slot::Active { actor, .. } = slot {
+                let _ = actor.send_message(StockMsg::Passivate);
+                *slot = Slot::Stopping { queued: Vec::new() };
+                let active = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
+                metrics::gauge!("stockring_active_actors").set(active as f64);
+            }
+        }
+    }
+
+    /// A stock actor has terminated (or failed): free its slot; hand the messages that waited
+    /// for it to a new actor, unless it failed or the node is draining (then those callers get
+    /// a retryable error). Events are submitted whole after a successful apply, so a failed
+    /// actor left no part of a step in the journal; the next message rebuilds the key.
+    fn stopped(&self, id: &ActorId, failed: bool) {
+        let Some(key) = lock(&self.by_actor).remove(id) else {
+            return;
+        };
+        let mut shard = self.shard(&key);
+        match shard.remove(&key) {
+            Some(Slot::Active { .. }) => {
+                let active = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
+                metrics::gauge!("stockring_active_actors").set(active as f64);
+            }
+            Some(Slot::Stopping { queued })
+                if !failed && !queued.is_empty() && !self.draining.load(Ordering::Acquire) =>
+            {
+                self.activate(&mut shard, key, queued);
+            }
+            Some(Slot::Stopping { .. }) => {}
+            None => {}
+        }
+    }
+
+    /// Keys whose actor has been idle for at least `idle`.
+    fn idle_keys(&self, idle: Duration) -> Vec<StockKey> {
+        let now = Instant::now();
+        let mut keys = Vec::new();
+        for shard in &self.shards {
+            for (key, slot) in lock(shard).iter() {
+                if let Slot::Active { last_used, .. } = slot {
+                    if now.duration_since(*last_used) >= idle {
+                        keys.push(key.clone());
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// The `n` least recently used active keys.
+    fn least_recent(&self, n: usize) -> Vec<StockKey> {
+        let mut all: Vec<(Instant, StockKey)> = Vec::new();
+        for shard in &self.shards {
+            for (key, slot) in lock(shard).iter() {
+                if let Slot::Active { last_used, .. } = slot {
+                    all.push((*last_used, key.clone()));
+                }
+            }
+        }
+        let n = n.min(all.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        all.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        all.into_iter().take(n).map(|(_, k)| k).collect()
+    }
+
+    fn all_keys(&self) -> Vec<StockKey> {
+        self.shards
+            .iter()
+            .flat_map(|s| lock(s).keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| lock(s).is_empty())
+    }
+}
+
+pub enum RouterMsg {
+    /// Periodic: passivate actors idle for longer than the configured idle time.
+    Sweep,
+    /// Over the cap: passivate the least recently used tenth of it.
+    Shed,
+    /// Shutdown: passivate every actor (each writes its snapshot); answers once all stopped.
+    Drain {
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// Supervises the stock actors and runs the directory's housekeeping.
+pub struct Router;
+
+pub struct RouterState {
+    directory: Arc<Directory>,
     draining: Option<tokio::sync::oneshot::Sender<()>>,
     _sweeper: tokio::task::JoinHandle<()>,
 }
@@ -59,22 +234,20 @@ pub struct RouterState {
 impl Actor for Router {
     type Msg = RouterMsg;
     type State = RouterState;
-    type Arguments = (StockEnv, RouterConfig);
+    type Arguments = Arc<Directory>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<RouterMsg>,
-        (env, config): Self::Arguments,
+        directory: Arc<Directory>,
     ) -> Result<RouterState, ActorProcessingErr> {
-        assert!(config.max_active > 0);
-        let period = (config.idle / 4).max(Duration::from_millis(10));
+        if directory.router.set(myself.clone()).is_err() {
+            return Err("a directory has one router".into());
+        }
+        let period = (directory.config.idle / 4).max(Duration::from_millis(10));
         let sweeper = myself.send_interval(period, || RouterMsg::Sweep);
         Ok(RouterState {
-            env,
-            config,
-            slots: HashMap::new(),
-            by_actor: HashMap::new(),
-            active: 0,
+            directory,
             draining: None,
             _sweeper: sweeper,
         })
@@ -82,38 +255,27 @@ impl Actor for Router {
 
     async fn handle(
         &self,
-        myself: ActorRef<RouterMsg>,
+        _: ActorRef<RouterMsg>,
         msg: RouterMsg,
         st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
+        let d = &st.directory;
         match msg {
-            RouterMsg::Route { key, msg } => route(&myself, st, key, msg)?,
             RouterMsg::Sweep => {
-                let idle = st.config.idle;
-                let now = Instant::now();
-                let stale: Vec<StockKey> = st
-                    .slots
-                    .iter()
-                    .filter_map(|(k, s)| match s {
-                        Slot::Active { last_used, .. }
-                            if now.duration_since(*last_used) >= idle =>
-                        {
-                            Some(k.clone())
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                for key in stale {
-                    passivate(st, &key);
+                for key in d.idle_keys(d.config.idle) {
+                    d.passivate(&key);
                 }
             }
-            RouterMsg::ActiveCount { reply } => {
-                let _ = reply.send(st.active);
+            RouterMsg::Shed => {
+                let target = d.config.max_active - d.config.max_active / 10;
+                for key in d.least_recent(d.active().saturating_sub(target)) {
+                    d.passivate(&key);
+                }
             }
             RouterMsg::Drain { reply } => {
-                let keys: Vec<StockKey> = st.slots.keys().cloned().collect();
-                for key in keys {
-                    passivate(st, &key);
+                d.draining.store(true, Ordering::Release);
+                for key in d.all_keys() {
+                    d.passivate(&key);
                 }
                 st.draining = Some(reply);
                 check_drained(st);
@@ -124,43 +286,20 @@ impl Actor for Router {
 
     async fn handle_supervisor_evt(
         &self,
-        myself: ActorRef<RouterMsg>,
+        _: ActorRef<RouterMsg>,
         evt: SupervisionEvent,
         st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
-        let (id, failure) = match &evt {
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell.get_id(), None),
-            SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), Some(err.to_string())),
+        match &evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                st.directory.stopped(&cell.get_id(), false)
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(actor = %cell.get_id(), error = %err, "stock actor failed");
+                metrics::counter!("stockring_actor_failures_total").increment(1);
+                st.directory.stopped(&cell.get_id(), true);
+            }
             _ => return Ok(()),
-        };
-        let Some(key) = st.by_actor.remove(&id) else {
-            return Ok(());
-        };
-        let queued = match st.slots.remove(&key) {
-            Some(Slot::Active { .. }) => {
-                st.active -= 1;
-                Vec::new()
-            }
-            Some(Slot::Stopping { queued }) => queued,
-            None => Vec::new(),
-        };
-        metrics::gauge!("stockring_active_actors").set(st.active as f64);
-        if let Some(err) = failure {
-            // Events are submitted whole after a successful apply, so the journal holds no part
-            // of a failed step; the next message rebuilds the key from disk. Queued messages
-            // are dropped and their callers get a retryable error.
-            tracing::error!(key = %key, error = %err, "stock actor failed");
-            metrics::counter!("stockring_actor_failures_total").increment(1);
-            check_drained(st);
-            return Ok(());
-        }
-        if st.draining.is_some() {
-            // Shutting down: the queued callers get a retryable error.
-            drop(queued);
-        } else {
-            for msg in queued {
-                route(&myself, st, key.clone(), msg)?;
-            }
         }
         check_drained(st);
         Ok(())
@@ -168,82 +307,9 @@ impl Actor for Router {
 }
 
 fn check_drained(st: &mut RouterState) {
-    if st.slots.is_empty() {
+    if st.draining.is_some() && st.directory.is_empty() {
         if let Some(reply) = st.draining.take() {
             let _ = reply.send(());
         }
     }
-}
-
-fn route(
-    myself: &ActorRef<RouterMsg>,
-    st: &mut RouterState,
-    key: StockKey,
-    msg: StockMsg,
-) -> Result<(), ActorProcessingErr> {
-    match st.slots.get_mut(&key) {
-        Some(Slot::Active { actor, last_used }) => {
-            *last_used = Instant::now();
-            // A send fails only if the actor died unseen; the caller's reply port is dropped
-            // with the message and it gets a retryable error.
-            let _ = actor.send_message(msg);
-        }
-        Some(Slot::Stopping { queued }) => queued.push(msg),
-        None => {
-            let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(
-                None,
-                StockActor,
-                (key.clone(), st.env.clone()),
-                myself.get_cell(),
-            )?;
-            let _ = actor.send_message(msg);
-            st.by_actor.insert(actor.get_id(), key.clone());
-            st.slots.insert(
-                key,
-                Slot::Active {
-                    actor,
-                    last_used: Instant::now(),
-                },
-            );
-            st.active += 1;
-            metrics::gauge!("stockring_active_actors").set(st.active as f64);
-            if st.active > st.config.max_active {
-                shed(st);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Passivates the least recently used tenth of the cap, so the O(n) scan is amortized.
-fn shed(st: &mut RouterState) {
-    let target = st.config.max_active - st.config.max_active / 10;
-    let excess = st.active.saturating_sub(target);
-    let mut lru: Vec<(Instant, StockKey)> = st
-        .slots
-        .iter()
-        .filter_map(|(k, s)| match s {
-            Slot::Active { last_used, .. } => Some((*last_used, k.clone())),
-            Slot::Stopping { .. } => None,
-        })
-        .collect();
-    let excess = excess.min(lru.len());
-    if excess == 0 {
-        return;
-    }
-    lru.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
-    for (_, key) in lru.into_iter().take(excess) {
-        passivate(st, &key);
-    }
-}
-
-fn passivate(st: &mut RouterState, key: &StockKey) {
-    if let Some(slot) = st.slots.get_mut(key) {
-        if let Slot::Active { actor, .. } = slot {
-            let _ = actor.send_message(StockMsg::Passivate);
-            *slot = Slot::Stopping { queued: Vec::new() };
-            st.active -= 1;
-        }
-    }
-    metrics::gauge!("stockring_active_actors").set(st.active as f64);
 }
