@@ -96,13 +96,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             let _ = shutdown_rx.await;
         });
         let serving = tokio::spawn(async move { serve.await });
-        let recovered = orders
-            .recover(in_flight)
-            .await
-            .context("recovering interrupted orders")?;
+        let (recovered, left) = orders.recover(in_flight).await;
         ready_node.set_ready(true);
         tracing::info!(
             recovered_orders = recovered,
+            orders_left_in_flight = left,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ready"
         );

@@ -42,6 +42,10 @@ pub enum OrderOutcome {
     InvalidState {
         order: Order,
     },
+    /// A crash (or a failure and a failed undo) interrupted the reservation; nothing is held.
+    Aborted {
+        order: Order,
+    },
     /// At least one hold had expired before it could be committed.
     Expired {
         order: Order,
@@ -89,12 +93,19 @@ impl OrderCoordinator {
         request: OrderRequest,
     ) -> Result<OrderOutcome, ServiceError> {
         let _l = self.lock(&id).await;
-        if let Some(order) = self.load(&id).await? {
+        if let Some(mut order) = self.load(&id).await? {
             if order.request != request {
                 return Ok(OrderOutcome::IdConflict);
             }
+            if order.status == OrderStatus::Reserving {
+                // An earlier attempt failed part-way and so did its undo: finish the undo now.
+                // (Re-running the reservation instead would be wrong: a line the undo already
+                // released would replay as reserved.)
+                self.undo_reserving(&mut order).await?;
+            }
             return Ok(match order.status {
                 OrderStatus::Failed { line } => OrderOutcome::LineUnfillable { order, line },
+                OrderStatus::Aborted => OrderOutcome::Aborted { order },
                 _ => OrderOutcome::Done {
                     order,
                     replay: true,
@@ -104,19 +115,24 @@ impl OrderCoordinator {
         let mut order = Order::new(id, request, self.node.now_ms());
         self.put(&order).await?;
         for line in 0..order.request.lines.len() {
-            match self.reserve_line(&mut order, line).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.release_held(&order).await;
-                    order.line_failed(line);
-                    self.put(&order).await?;
-                    return Ok(OrderOutcome::LineUnfillable { order, line });
-                }
+            let filled = match self.reserve_line(&mut order, line).await {
+                Ok(filled) => filled,
                 Err(e) => {
-                    // Unknown how far we got: undo like recovery would; the record says so.
-                    self.undo_reserving(&mut order).await?;
+                    // Unknown how far we got: undo like recovery would. If the undo fails too,
+                    // the record stays `reserving` and a retry or the next start finishes it.
+                    if let Err(undo) = self.undo_reserving(&mut order).await {
+                        tracing::warn!(order = %order.order_id, error = %undo, "undo failed; left for retry or recovery");
+                    }
                     return Err(e);
                 }
+            };
+            if !filled {
+                // Every held line must really be released before the order may say `failed`;
+                // otherwise it stays `reserving`, which a retry or recovery undoes.
+                self.release_held(&order).await?;
+                order.line_failed(line);
+                self.put(&order).await?;
+                return Ok(OrderOutcome::LineUnfillable { order, line });
             }
         }
         order.all_held();
@@ -226,54 +242,77 @@ impl OrderCoordinator {
     }
 
     /// Best effort: the holds expire anyway if a release fails.
-    async fn release_held(&self, order: &Order) {
+    async fn release_held(&self, order: &Order) -> Result<(), ServiceError> {
         for (line, key) in order.held_keys() {
             let command = Command::Release {
                 reservation_id: order.line_reservation(line),
             };
-            if let Err(e) = self.node.execute(key, command).await {
-                tracing::warn!(order = %order.order_id, line, error = %e, "release failed; the hold will expire");
-            }
+            let _released = self.node.execute(key, command).await?;
         }
+        Ok(())
     }
 
-    /// Releases the order's id at every candidate warehouse of every line, then records it aborted.
+    /// Releases the order's id at every candidate warehouse of every line (it cannot know
+    /// which reserve landed), then records the order aborted. Tries every key even if one
+    /// fails, so one unavailable key strands nothing else; on any failure the order stays
+    /// `reserving` for the next attempt.
     async fn undo_reserving(&self, order: &mut Order) -> Result<(), ServiceError> {
+        let mut first_error = None;
         for line in 0..order.request.lines.len() {
             for key in order.candidate_keys(line).collect::<Vec<_>>() {
                 let command = Command::Release {
                     reservation_id: order.line_reservation(line),
                 };
                 // Any answer will do (released, unknown, not held): the id is free afterwards.
-                let _answer = self.node.execute(key, command).await?;
+                if let Err(e) = self.node.execute(key, command).await {
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         order.aborted();
         self.put(order).await
     }
 
-    /// Drives every order a crash interrupted to an end. Runs before the node is ready.
-    pub async fn recover(&self, orders: Vec<Order>) -> Result<usize, ServiceError> {
-        let n = orders.len();
+    /// Drives every order a crash interrupted to an end. Runs before the node is ready. An
+    /// order that cannot be finished now (a key unavailable) is logged and left in flight: a
+    /// client retry or the next start finishes it, and its holds expire meanwhile. One bad key
+    /// must not keep the whole node from serving. Returns (finished, left).
+    pub async fn recover(&self, orders: Vec<Order>) -> (usize, usize) {
+        let (mut finished, mut left) = (0, 0);
         for mut order in orders {
             let _l = self.lock(&order.order_id).await;
-            match order.status {
-                OrderStatus::Reserving => self.undo_reserving(&mut order).await?,
-                OrderStatus::Committing => {
-                    let expired = self.finish_lines(&order, true).await?;
-                    order.committed(expired);
-                    self.put(&order).await?;
+            match self.recover_one(&mut order).await {
+                Ok(()) => {
+                    finished += 1;
+                    tracing::info!(order = %order.order_id, status = order.status.name(), "recovered order");
                 }
-                OrderStatus::Releasing => {
-                    self.finish_lines(&order, false).await?;
-                    order.finished();
-                    self.put(&order).await?;
+                Err(e) => {
+                    left += 1;
+                    tracing::error!(order = %order.order_id, error = %e, "could not recover order; left for retry");
                 }
-                other => unreachable!("order {} not in flight: {other:?}", order.order_id),
             }
-            tracing::info!(order = %order.order_id, status = order.status.name(), "recovered order");
         }
-        Ok(n)
+        (finished, left)
+    }
+
+    async fn recover_one(&self, order: &mut Order) -> Result<(), ServiceError> {
+        match order.status {
+            OrderStatus::Reserving => self.undo_reserving(order).await,
+            OrderStatus::Committing => {
+                let expired = self.finish_lines(order, true).await?;
+                order.committed(expired);
+                self.put(order).await
+            }
+            OrderStatus::Releasing => {
+                self.finish_lines(order, false).await?;
+                order.finished();
+                self.put(order).await
+            }
+            other => unreachable!("order {} not in flight: {other:?}", order.order_id),
+        }
     }
 
     async fn put(&self, order: &Order) -> Result<(), ServiceError> {

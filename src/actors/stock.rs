@@ -230,11 +230,18 @@ async fn snapshot(st: &mut StockActorState) -> Result<(), StorageError> {
     st.ledger
         .prune(st.env.clock.now_ms(), st.env.outcome_retention_ms);
     let state = codec::encode_snapshot(&st.ledger);
+    // Pruning changed what replies say (a forgotten id is unknown now): count the snapshot as
+    // in flight, so such replies wait until it is durable, like any other change.
+    let inflight = st.inflight.clone();
+    inflight.fetch_add(1, Ordering::AcqRel);
+    let done: crate::persistence::writer::Done = Box::new(move |_| {
+        inflight.fetch_sub(1, Ordering::AcqRel);
+    });
     let request = Request::Snapshot {
         key: st.key_name.clone(),
         version: st.ledger.version(),
         state,
-        done: None,
+        done: Some(done),
     };
     st.env.writer.submit(request).await?;
     st.events_since_snapshot = 0;

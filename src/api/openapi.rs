@@ -110,7 +110,7 @@ pub fn document() -> Value {
             "200": resp("Set", "Stock"), "409": errors("id_conflict") })) },
         "/v1/orders": { "post": op("Reserve an order: all lines or none", &[], Some("OrderRequest"), json!({
             "201": resp("Every line held", "Order"), "200": resp("Replay", "Order"),
-            "409": errors("insufficient_stock (names the line), id_conflict") })) },
+            "409": errors("insufficient_stock (names the line), id_conflict, order_aborted (an interrupted reservation was undone; nothing is held)") })) },
         "/v1/orders/{id}": { "get": op("An order", &["id"], None, json!({ "200": resp("Order", "Order"), "404": errors("unknown_order") })) },
         "/v1/orders/{id}/commit": { "post": op("Commit every line", &["id"], None, json!({
             "200": resp("Committed", "Order"), "404": errors("unknown_order"), "409": errors("invalid_order_state, expired") })) },

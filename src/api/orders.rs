@@ -80,6 +80,11 @@ fn map(outcome: OrderOutcome, created: bool) -> ApiResult {
         )
         .with("expired_lines", lines)
         .with("order", order_body(&order))),
+        OrderOutcome::Aborted { order } => Err(ApiError::conflict(
+            "order_aborted",
+            "the reservation was interrupted and undone; nothing is held; place the order again under a new order_id",
+        )
+        .with("order", order_body(&order))),
         OrderOutcome::NotFound => Err(ApiError::not_found("unknown_order", "no such order")),
     }
 }

@@ -1,3 +1,6 @@
+// Shared by several test crates; each uses a subset of the helpers.
+#![allow(dead_code)]
+
 //! Test harness: one in-process stockring node per test (own temp data dir, own port) and one
 //! request helper, `check`, that asserts the status and the error `code` of an answer.
 

@@ -1,0 +1,79 @@
+//! Orders that a crash or a failure interrupted: a retry never answers success for an order
+//! that holds nothing, and a failure part-way never strands the holds already taken.
+
+mod common;
+
+use common::{line, Node, NONE, OK};
+use serde_json::json;
+use stockring::domain::order::{Order, OrderLine, OrderRequest};
+use stockring::domain::{OrderId, Qty, Sku, WarehouseId};
+use stockring::persistence::{codec, store};
+
+/// Writes straight into a stopped node's database.
+fn sql(dir: &std::path::Path, f: impl FnOnce(&rusqlite::Connection)) {
+    let conn = store::open(&store::db_path(dir)).expect("open db");
+    f(&conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_an_order_recovery_aborted_is_409_order_aborted() {
+    let node = Node::start().await;
+    node.count("s", "a", 5, "c1").await;
+    let dir = node.stop().await;
+    // A crash left order o1 `reserving` (the record is written before any stock is touched).
+    let request = OrderRequest {
+        ttl_ms: 60_000,
+        lines: vec![OrderLine {
+            sku: Sku::parse("s").unwrap(),
+            qty: Qty::new(2).unwrap(),
+            warehouses: vec![WarehouseId::parse("a").unwrap()],
+        }],
+    };
+    let order = Order::new(OrderId::parse("o1").unwrap(), request, 1);
+    sql(dir.path(), |c| {
+        c.execute(
+            "INSERT INTO orders (order_id, status, record, updated_at_ms) VALUES ('o1', 'reserving', ?1, 1)",
+            [codec::encode_order(&order)],
+        )
+        .expect("insert");
+    });
+    let node = Node::start_in(dir).await;
+    let got = node.check("GET /v1/orders/o1", NONE, 200, OK).await;
+    assert_eq!(got["status"], "aborted");
+    let retry = json!({ "order_id": "o1", "ttl_ms": 60_000, "lines": [line("s", 2, &["a"])] });
+    let err = node
+        .check("POST /v1/orders", retry, 409, "order_aborted")
+        .await;
+    assert_eq!(err["order"]["status"], "aborted");
+    assert_eq!(node.figures("s", "a").await, [5, 0, 5, 0]);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_failing_part_way_strands_nothing_and_never_replays_success() {
+    let node = Node::start().await;
+    node.count("s", "a", 5, "c1").await;
+    node.count("s", "bad", 5, "c2").await;
+    let dir = node.stop().await;
+    // Key s/bad cannot be loaded any more: every request on it fails (retryably).
+    sql(dir.path(), |c| {
+        c.execute("UPDATE snapshots SET state = x'00' WHERE key = 's/bad'", [])
+            .expect("corrupt");
+    });
+    let node = Node::start_in(dir).await;
+    let body = json!({ "order_id": "o2", "lines": [line("s", 1, &["a"]), line("s", 1, &["bad"])] });
+    let (status, first) = node.send("POST /v1/orders", body.clone()).await;
+    assert_eq!(status, 503, "{first}");
+    // Line 0 was held, then released by the undo although line 1's key stays unavailable.
+    assert_eq!(node.figures("s", "a").await, [5, 0, 5, 0]);
+    for _ in 0..2 {
+        let (status, again) = node.send("POST /v1/orders", body.clone()).await;
+        assert!(
+            status == 503 || status == 409,
+            "a retry answered {status}: {again}"
+        );
+        assert_ne!(again["order"]["status"], "reserved");
+    }
+    assert_eq!(node.figures("s", "a").await, [5, 0, 5, 0]);
+    node.stop().await;
+}
