@@ -42,6 +42,8 @@ pub struct Directory {
     by_actor: Mutex<HashMap<ActorId, StockKey>>,
     active: AtomicUsize,
     draining: AtomicBool,
+    /// A `Shed` is queued at the router: one is enough (each scans every slot).
+    shed_pending: AtomicBool,
     env: StockEnv,
     config: RouterConfig,
     router: OnceLock<ActorRef<RouterMsg>>,
@@ -62,6 +64,7 @@ impl Directory {
             by_actor: Mutex::default(),
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            shed_pending: AtomicBool::new(false),
             env,
             config,
             router: OnceLock::new(),
@@ -90,7 +93,8 @@ impl Directory {
             None => self.activate(&mut shard, key, vec![msg]),
         }
         drop(shard);
-        if self.active() > self.config.max_active {
+        if self.active() > self.config.max_active && !self.shed_pending.swap(true, Ordering::AcqRel)
+        {
             if let Some(router) = self.router.get() {
                 let _ = router.send_message(RouterMsg::Shed);
             }
@@ -267,6 +271,7 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Shed => {
+                d.shed_pending.store(false, Ordering::Release);
                 let target = d.config.max_active - d.config.max_active / 10;
                 for key in d.least_recent(d.active().saturating_sub(target)) {
                     d.passivate(&key);
