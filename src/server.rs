@@ -125,15 +125,15 @@ async fn drain(
     writer: Writer,
 ) {
     let (tx, rx) = oneshot::channel();
-    if router.send_message(RouterMsg::Drain { reply: tx }).is_ok() {
-        if tokio::time::timeout(Duration::from_secs(30), rx)
+    let sent = router.send_message(RouterMsg::Drain { reply: tx }).is_ok();
+    if sent
+        && tokio::time::timeout(Duration::from_secs(30), rx)
             .await
             .is_err()
-        {
-            // Still safe (everything acknowledged is in the journal), but the keys not
-            // snapshotted make the next start scan their journal rows.
-            tracing::warn!("drain did not finish within 30 s; stopping anyway");
-        }
+    {
+        // Still safe (everything acknowledged is in the journal), but the keys not
+        // snapshotted make the next start scan their journal rows.
+        tracing::warn!("drain did not finish within 30 s; stopping anyway");
     }
     router.stop(None);
     let _ = router_task.await;
