@@ -128,22 +128,22 @@ async fn online_backup_restores_the_same_state() {
     );
     let node = NodeProcess::start(&live, &[]).await;
     populate(&node).await;
-    let bin = env!("CARGO_BIN_EXE_stockring");
-    let backup = std::process::Command::new(bin)
-        .args(["backup", "--data-dir"])
-        .arg(&live)
-        .arg("--to")
-        .arg(&file)
-        .output()
-        .expect("backup");
+    let file_s = file.to_str().expect("utf-8 path");
+    let backup = cli(&[
+        "backup",
+        "--data-dir",
+        live.to_str().expect("utf-8"),
+        "--to",
+        file_s,
+    ]);
     assert!(backup.status.success(), "{backup:?}");
-    let refused = std::process::Command::new(bin)
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&live)
-        .output()
-        .expect("restore");
+    let refused = cli(&[
+        "restore",
+        "--from",
+        file_s,
+        "--data-dir",
+        live.to_str().expect("utf-8"),
+    ]);
     assert!(
         !refused.status.success(),
         "restore into a live data dir must be refused"
@@ -161,13 +161,13 @@ async fn online_backup_restores_the_same_state() {
         .expect("json");
     node.terminate();
 
-    let restore = std::process::Command::new(bin)
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()
-        .expect("restore");
+    let restore = cli(&[
+        "restore",
+        "--from",
+        file_s,
+        "--data-dir",
+        restored.to_str().expect("utf-8"),
+    ]);
     assert!(restore.status.success(), "{restore:?}");
     let node = NodeProcess::start(&restored, &[]).await;
     check_lazy_and_correct(&node).await;
@@ -183,4 +183,12 @@ async fn online_backup_restores_the_same_state() {
         "the hold taken before the backup replays"
     );
     assert_eq!(resp.json::<Value>().await.expect("json"), first);
+}
+
+/// Runs the `stockring` binary with `args` and waits for it.
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stockring"))
+        .args(args)
+        .output()
+        .expect("run stockring")
 }
