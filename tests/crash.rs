@@ -409,7 +409,8 @@ async fn order_client(
                     return;
                 }
             }
-            409 => {}
+            // Refused (no stock) or retryable (overloaded): not acknowledged, nothing to track.
+            409 | 503 => {}
             other => panic!("unexpected order answer {other}: {answer}"),
         }
     }
