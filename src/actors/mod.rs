@@ -108,8 +108,4 @@ impl Node {
         drop(permit);
         result
     }
-
-    pub fn active_actors(&self) -> usize {
-        self.directory.active()
-    }
 }

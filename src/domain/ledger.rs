@@ -114,19 +114,6 @@ pub enum Outcome {
     AlreadyCommitted,
 }
 
-impl Outcome {
-    /// Whether this answer is a success (2xx) for the client.
-    pub fn is_success(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Reserved { .. }
-                | Outcome::Committed { .. }
-                | Outcome::Released { .. }
-                | Outcome::StockSet { .. }
-        )
-    }
-}
-
 /// A fact about one key, in journal order. Every event bumps `version` by one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

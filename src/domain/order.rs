@@ -58,14 +58,6 @@ impl OrderStatus {
             OrderStatus::Released => "released",
         }
     }
-
-    /// States a crash can interrupt, which recovery must drive to an end.
-    pub fn in_flight(self) -> bool {
-        matches!(
-            self,
-            OrderStatus::Reserving | OrderStatus::Committing | OrderStatus::Releasing
-        )
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
