@@ -50,12 +50,7 @@ async fn check_lazy_and_correct(node: &NodeProcess) {
         "keys were loaded eagerly"
     );
     for i in [0usize, 7, 1_234, KEYS - 1] {
-        let view: Value = reqwest::get(format!("{}/v1/stock/many-{i}/w1", node.base))
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let view = node.view(&format!("many-{i}"), "w1").await;
         let reserved = if i == 7 { 5 } else { 0 };
         assert_eq!(view["on_hand"], (i + 1) as u64, "{view}");
         assert_eq!(view["reserved"], reserved, "{view}");
@@ -105,12 +100,7 @@ async fn passivated_keys_come_back_with_their_state() {
     let active = node.metric("stockring_active_actors").await;
     assert!(active <= 50.0, "cap exceeded: {active}");
     for i in [0usize, 7, 1_234, KEYS - 1] {
-        let view: Value = reqwest::get(format!("{}/v1/stock/many-{i}/w1", node.base))
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let view = node.view(&format!("many-{i}"), "w1").await;
         assert_eq!(view["on_hand"], (i + 1) as u64, "{view}");
     }
 }

@@ -83,6 +83,17 @@ impl NodeProcess {
         assert!(status.success(), "node exited with {status} after SIGTERM");
     }
 
+    /// `GET /v1/stock/{sku}/{warehouse}` as JSON.
+    pub async fn view(&self, sku: &str, warehouse: &str) -> serde_json::Value {
+        let url = format!("{}/v1/stock/{sku}/{warehouse}", self.base);
+        reqwest::get(url)
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// Value of an unlabelled Prometheus metric, 0 when not yet exported.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.base))
