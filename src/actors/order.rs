@@ -164,64 +164,45 @@ impl OrderCoordinator {
     }
 
     pub async fn commit(&self, id: &OrderId) -> Result<OrderOutcome, ServiceError> {
-        let _l = self.lock(id).await;
-        let Some(mut order) = self.load(id).await? else {
-            return Ok(OrderOutcome::NotFound);
-        };
-        match order.begin_commit() {
-            OrderTransition::Replay if !order.expired_lines.is_empty() => {
-                let lines = order.expired_lines.clone();
-                return Ok(OrderOutcome::Expired { order, lines });
-            }
-            OrderTransition::Replay => {
-                return Ok(OrderOutcome::Done {
-                    order,
-                    replay: true,
-                })
-            }
-            OrderTransition::Invalid => return Ok(OrderOutcome::InvalidState { order }),
-            OrderTransition::Proceed => {}
-        }
-        self.put(&order).await?;
-        let expired = self.finish_lines(&order, true).await?;
-        order.committed(expired.clone());
-        self.put(&order).await?;
-        if expired.is_empty() {
-            Ok(OrderOutcome::Done {
-                order,
-                replay: false,
-            })
-        } else {
-            Ok(OrderOutcome::Expired {
-                order,
-                lines: expired,
-            })
-        }
+        self.commit_or_release(id, true).await
     }
 
     pub async fn release(&self, id: &OrderId) -> Result<OrderOutcome, ServiceError> {
+        self.commit_or_release(id, false).await
+    }
+
+    async fn commit_or_release(
+        &self,
+        id: &OrderId,
+        commit: bool,
+    ) -> Result<OrderOutcome, ServiceError> {
         let _l = self.lock(id).await;
         let Some(mut order) = self.load(id).await? else {
             return Ok(OrderOutcome::NotFound);
         };
-        match order.begin_release() {
-            OrderTransition::Replay => {
-                return Ok(OrderOutcome::Done {
-                    order,
-                    replay: true,
-                })
-            }
+        let step = if commit {
+            order.begin_commit()
+        } else {
+            order.begin_release()
+        };
+        match step {
+            OrderTransition::Replay => return Ok(finished(order, true)),
             OrderTransition::Invalid => return Ok(OrderOutcome::InvalidState { order }),
             OrderTransition::Proceed => {}
         }
         self.put(&order).await?;
-        self.finish_lines(&order, false).await?;
-        order.finished();
-        self.put(&order).await?;
-        Ok(OrderOutcome::Done {
-            order,
-            replay: false,
-        })
+        self.finish(&mut order).await?;
+        Ok(finished(order, false))
+    }
+
+    /// Drives a `committing` or `releasing` order to its end state and records it. Also the
+    /// recovery of such an order: every step is idempotent per key.
+    async fn finish(&self, order: &mut Order) -> Result<(), ServiceError> {
+        let expired = self
+            .finish_lines(order, order.status == OrderStatus::Committing)
+            .await?;
+        order.finish(expired);
+        self.put(order).await
     }
 
     /// Commits or releases every held line; returns the lines whose hold had expired.
@@ -301,16 +282,7 @@ impl OrderCoordinator {
     async fn recover_one(&self, order: &mut Order) -> Result<(), ServiceError> {
         match order.status {
             OrderStatus::Reserving => self.undo_reserving(order).await,
-            OrderStatus::Committing => {
-                let expired = self.finish_lines(order, true).await?;
-                order.committed(expired);
-                self.put(order).await
-            }
-            OrderStatus::Releasing => {
-                self.finish_lines(order, false).await?;
-                order.finished();
-                self.put(order).await
-            }
+            OrderStatus::Committing | OrderStatus::Releasing => self.finish(order).await,
             other => unreachable!("order {} not in flight: {other:?}", order.order_id),
         }
     }
@@ -345,6 +317,16 @@ impl OrderCoordinator {
             })
             .await?;
         Ok(rx.await.map_err(|_| StorageError::WriterStopped)??)
+    }
+}
+
+/// The answer for a finished commit or release (or its replay).
+fn finished(order: Order, replay: bool) -> OrderOutcome {
+    if order.expired_lines.is_empty() {
+        OrderOutcome::Done { order, replay }
+    } else {
+        let lines = order.expired_lines.clone();
+        OrderOutcome::Expired { order, lines }
     }
 }
 

@@ -176,25 +176,24 @@ impl Order {
         }
     }
 
-    /// Ends a commit; `expired` are the lines whose hold had run out before it reached them.
-    pub fn committed(&mut self, expired: Vec<usize>) {
-        assert_eq!(self.status, OrderStatus::Committing);
+    /// Ends a commit or a release. `expired` are the lines whose hold had run out before the
+    /// step reached them: for a commit those were not sold (all of them: the order `expired`);
+    /// for a release they were free already, so nothing is recorded.
+    pub fn finish(&mut self, expired: Vec<usize>) {
         assert!(expired.iter().all(|l| *l < self.request.lines.len()));
-        let all = expired.len() == self.request.lines.len();
-        self.status = if all {
-            OrderStatus::Expired
-        } else {
-            OrderStatus::Committed
-        };
-        self.expired_lines = expired;
-    }
-
-    pub fn finished(&mut self) {
-        self.status = match self.status {
-            OrderStatus::Committing => OrderStatus::Committed,
-            OrderStatus::Releasing => OrderStatus::Released,
-            other => panic!("finished() in state {other:?}"),
-        };
+        match self.status {
+            OrderStatus::Committing => {
+                let all = expired.len() == self.request.lines.len();
+                self.status = if all {
+                    OrderStatus::Expired
+                } else {
+                    OrderStatus::Committed
+                };
+                self.expired_lines = expired;
+            }
+            OrderStatus::Releasing => self.status = OrderStatus::Released,
+            other => panic!("finish() in state {other:?}"),
+        }
     }
 }
 
@@ -227,7 +226,7 @@ mod tests {
         o.line_held(0, WarehouseId::parse("b").unwrap(), 15);
         o.all_held();
         assert_eq!(o.begin_release(), OrderTransition::Proceed);
-        o.finished();
+        o.finish(Vec::new());
         assert_eq!(o.status, OrderStatus::Released);
         assert_eq!(o.begin_release(), OrderTransition::Replay);
         assert_eq!(o.begin_commit(), OrderTransition::Invalid);
