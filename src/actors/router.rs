@@ -215,6 +215,9 @@ impl Directory {
     }
 }
 
+// Local-only: with `ractor_cluster` linked, every message type says whether it is remotable.
+impl ractor::Message for RouterMsg {}
+
 pub enum RouterMsg {
     /// Periodic: passivate actors idle for longer than the configured idle time.
     Sweep,

@@ -22,6 +22,9 @@ use tokio::sync::oneshot;
 pub type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
 type ExpiryTimer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<StockMsg>>>;
 
+// Local-only (never remotable: a remotable actor is mirrored on every peer).
+impl ractor::Message for StockMsg {}
+
 pub enum StockMsg {
     Apply {
         command: Command,
