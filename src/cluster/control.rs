@@ -67,6 +67,10 @@ pub struct Move {
     /// The epoch the vnode has while the move runs; the target owns it at `epoch + 1`.
     pub epoch: u64,
     pub started_ms: u64,
+    /// The state version this move appeared at. A source that has fenced the vnode for this
+    /// move lifts the fence only from a map at least this new that no longer has the move
+    /// (an older map simply has not heard of it yet).
+    pub begun_at: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +252,7 @@ impl ControlState {
                         to: *to,
                         epoch: entry.epoch,
                         started_ms: *now_ms,
+                        begun_at: self.version + 1,
                     },
                 );
                 Done

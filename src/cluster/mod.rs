@@ -5,6 +5,7 @@
 //! decisions out; the simulation in `simulations/` drives them from a seed. The rest is shell.
 
 pub mod control;
+pub mod handoff;
 pub mod planner;
 pub mod ring;
 

@@ -1,0 +1,151 @@
+use super::*;
+use crate::cluster::control::{ControlCommand, ControlResponse, MemberSpec};
+
+fn spec(name: &str) -> MemberSpec {
+    MemberSpec {
+        name: name.into(),
+        http_addr: format!("{name}:80"),
+        cluster_addr: format!("{name}:90"),
+    }
+}
+
+/// Two members, 4 vnodes; then a move of a vnode owned by member 0 to member 1.
+fn with_move() -> (ControlState, Move) {
+    let mut s = ControlState::default();
+    let boot = ControlCommand::Bootstrap {
+        vnodes: 4,
+        members: vec![spec("a"), spec("b")],
+    };
+    assert_eq!(s.apply(&boot), ControlResponse::Done);
+    let v = (0..4).find(|v| s.ring[*v as usize].owner == 0).unwrap_or(0);
+    let begin = ControlCommand::BeginMove {
+        vnode: v,
+        to: 1,
+        now_ms: 0,
+    };
+    assert_eq!(s.apply(&begin), ControlResponse::Done);
+    let mv = s.moves[&v];
+    (s, mv)
+}
+
+#[test]
+fn source_fences_on_last_export_and_lifts_on_abort_only() {
+    let (s, mv) = with_move();
+    let before_move = {
+        let mut older = s.clone();
+        older.moves.clear();
+        older.version = mv.begun_at - 1;
+        older
+    };
+    let mut a = Ownership::new(0, []);
+    a.on_map(Arc::new(before_move.clone()));
+    assert_eq!(a.access(mv.vnode), Access::Local { epoch: mv.epoch });
+    let copy = ExportRequest { mv, last: false };
+    assert_eq!(a.on_export_request(&copy), ExportDecision::Copy);
+    let last = ExportRequest { mv, last: true };
+    assert!(matches!(
+        a.on_export_request(&last),
+        ExportDecision::FenceThenExport(_)
+    ));
+    assert_eq!(a.access(mv.vnode), Access::Fenced);
+    // A map from before the move does not lift the fence.
+    assert!(a.on_map(Arc::new(before_move)).is_empty());
+    assert_eq!(a.access(mv.vnode), Access::Fenced);
+    // The abort does.
+    let mut aborted = s.clone();
+    let abort = ControlCommand::AbortMove {
+        vnode: mv.vnode,
+        move_id: mv.id,
+    };
+    assert_eq!(aborted.apply(&abort), ControlResponse::Done);
+    assert_eq!(a.on_map(Arc::new(aborted)).len(), 1);
+    assert_eq!(a.access(mv.vnode), Access::Local { epoch: mv.epoch });
+}
+
+#[test]
+fn commit_hands_the_vnode_over() {
+    let (mut s, mv) = with_move();
+    let mut a = Ownership::new(0, []);
+    let mut b = Ownership::new(1, []);
+    a.on_map(Arc::new(s.clone()));
+    b.on_map(Arc::new(s.clone()));
+    assert!(matches!(
+        a.on_export_request(&ExportRequest { mv, last: true }),
+        ExportDecision::FenceThenExport(_)
+    ));
+    assert_eq!(
+        b.access(mv.vnode),
+        Access::Remote {
+            owner: 0,
+            epoch: mv.epoch
+        }
+    );
+    let commit = ControlCommand::CommitMove {
+        vnode: mv.vnode,
+        move_id: mv.id,
+    };
+    assert_eq!(s.apply(&commit), ControlResponse::Done);
+    // An aborted move cannot commit afterwards, and a committed one cannot abort.
+    let abort = ControlCommand::AbortMove {
+        vnode: mv.vnode,
+        move_id: mv.id,
+    };
+    assert!(matches!(s.apply(&abort), ControlResponse::Rejected(_)));
+    let s = Arc::new(s);
+    b.on_map(s.clone());
+    assert_eq!(
+        b.access(mv.vnode),
+        Access::Local {
+            epoch: mv.epoch + 1
+        }
+    );
+    // A still has the old map: fenced, so never a second writer.
+    assert_eq!(a.access(mv.vnode), Access::Fenced);
+    a.on_map(s);
+    assert_eq!(
+        a.access(mv.vnode),
+        Access::Remote {
+            owner: 1,
+            epoch: mv.epoch + 1
+        }
+    );
+}
+
+#[test]
+fn a_source_that_lost_the_vnode_refuses_exports() {
+    let (s, mut mv) = with_move();
+    let mut a = Ownership::new(0, []);
+    a.on_map(Arc::new(s));
+    mv.epoch += 1;
+    assert_eq!(
+        a.on_export_request(&ExportRequest { mv, last: true }),
+        ExportDecision::Refuse
+    );
+}
+
+#[test]
+fn receiver_walks_copy_last_commit() {
+    let (s, mv) = with_move();
+    let mut r = Receiver::default();
+    r.on_map(1, &s);
+    let e = r.poll(0, 8);
+    assert_eq!(e, vec![Effect::Export(ExportRequest { mv, last: false })]);
+    assert!(r.poll(0, 8).is_empty(), "one effect at a time per move");
+    r.on_failed(mv.id, Phase::Copy, 0);
+    assert!(r.poll(10, 8).is_empty(), "backs off");
+    assert_eq!(r.poll(10_000, 8).len(), 1);
+    r.on_done(mv.id, Phase::Copy, 10_000);
+    assert_eq!(
+        r.poll(10_000, 8),
+        vec![Effect::Export(ExportRequest { mv, last: true })]
+    );
+    r.on_done(mv.id, Phase::Last, 10_000);
+    assert_eq!(r.poll(10_000, 8), vec![Effect::ProposeCommit(mv)]);
+    let mut done = s.clone();
+    done.apply(&ControlCommand::CommitMove {
+        vnode: mv.vnode,
+        move_id: mv.id,
+    });
+    r.on_map(1, &done);
+    assert_eq!(r.in_flight(), 0);
+}
