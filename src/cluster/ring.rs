@@ -1,9 +1,7 @@
 //! Keys to vnodes. A key's vnode depends only on the key and V (fixed at cluster creation), so
 //! keys never change vnode; only vnode -> node ownership moves.
-//!
-//! The hash is stable across versions and machines (FNV-1a 64 finished with a splitmix64
-//! mixer, so the top bits — which pick the vnode — are well spread). Changing it would move
-//! every key: it is part of the on-disk format.
+//! The hash (`domain::placement`) is stable across versions and machines; changing it would
+//! move every key.
 
 use crate::domain::StockKey;
 
@@ -14,18 +12,7 @@ pub const DEFAULT_VNODES: u32 = 1024;
 /// The largest V a cluster may be created with.
 pub const MAX_VNODES: u32 = 1 << 16;
 
-/// The stable 64-bit hash of a key's storage name (or of an order id).
-pub fn hash_name(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // splitmix64 finaliser
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+pub use crate::domain::placement::{hash_name, stored_hash};
 
 /// The vnode of a hash: its top log2(V) bits. Keys of one vnode are therefore one contiguous
 /// range of hashes, which storage can index and scan.
@@ -55,11 +42,6 @@ pub fn stored_hash_range(vnode: Vnode, vnodes: u32) -> (i64, Option<i64>) {
         Some((((vnode as u64) + 1) << shift) as i64)
     };
     (lo, hi)
-}
-
-/// The value storage keeps for a name: its hash without the lowest bit, non-negative.
-pub fn stored_hash(name: &str) -> i64 {
-    (hash_name(name) >> 1) as i64
 }
 
 pub fn vnode_of_key(key: &StockKey, vnodes: u32) -> Vnode {

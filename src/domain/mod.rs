@@ -5,6 +5,7 @@
 pub mod ids;
 pub mod ledger;
 pub mod order;
+pub mod placement;
 pub mod qty;
 
 pub use ids::{IdError, OpId, OrderId, ReservationId, Sku, StockKey, WarehouseId};

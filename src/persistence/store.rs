@@ -10,6 +10,7 @@
 //!   a newer one. Journal rows below the oldest row any key still needs are deleted in ranges;
 //! - `orders(order_id, status, record, updated_at_ms)`: order records (C3 for orders, recovery).
 
+use crate::domain::placement::stored_hash;
 use super::codec::{self, CodecError};
 use super::tails::{Row, Tails};
 use crate::domain::order::Order;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The schema this binary writes. Older files are migrated forward on open; newer ones refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 pub const DB_FILE: &str = "stockring.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,37 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
         // v2: the per-key journal index moved into memory (see tails.rs).
         conn.execute_batch(
             "BEGIN; DROP INDEX IF EXISTS journal_by_key; PRAGMA user_version = 2; COMMIT;",
+        )?;
+    }
+    if found < 3 {
+        // v3 (cluster): snapshots know their placement hash (a vnode's keys are one hash
+        // range, see domain::placement) and when they last changed (a handoff sends what
+        // changed since its copy); fences are a source's durable promise not to write a
+        // vnode it is handing over.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE snapshots ADD COLUMN hash INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE snapshots ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+             CREATE TABLE fences (
+                 vnode INTEGER PRIMARY KEY,
+                 move_id INTEGER NOT NULL,
+                 epoch INTEGER NOT NULL,
+                 begun_at INTEGER NOT NULL
+             );",
+        )?;
+        let keys: Vec<String> = conn
+            .prepare("SELECT key FROM snapshots")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut set = conn.prepare("UPDATE snapshots SET hash = ?2 WHERE key = ?1")?;
+        for key in keys {
+            set.execute(params![key, stored_hash(&key)])?;
+        }
+        drop(set);
+        conn.execute_batch(
+            "CREATE INDEX snapshots_by_hash ON snapshots(hash, key);
+             PRAGMA user_version = 3;
+             COMMIT;",
         )?;
     }
     // Future migrations go here as `if found < N { ... PRAGMA user_version = N; }`.
@@ -222,4 +254,75 @@ pub fn snapshot_keys_of(conn: &Connection, sku: &str) -> Result<Vec<String>, Sto
     let mut stmt = conn.prepare_cached("SELECT key FROM snapshots WHERE key >= ?1 AND key < ?2")?;
     let keys = stmt.query_map(params![lo, hi], |r| r.get::<_, String>(0))?;
     Ok(keys.collect::<Result<_, _>>()?)
+}
+
+/// The fences this node holds (see cluster::handoff), as `(vnode, move_id, epoch, begun_at)`.
+pub fn load_fences(conn: &Connection) -> Result<Vec<(u32, u64, u64, u64)>, StorageError> {
+    let mut stmt = conn.prepare("SELECT vnode, move_id, epoch, begun_at FROM fences")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u32,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(3)? as u64,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest snapshot change number (see `export_page`).
+pub fn last_snapshot_change(conn: &Connection) -> Result<i64, StorageError> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(changed), 0) FROM snapshots", [], |r| {
+        r.get(0)
+    })?)
+}
+
+/// One key's full durable state, as a handoff carries it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyImage {
+    pub key: String,
+    pub version: u64,
+    /// A snapshot blob (codec::encode_snapshot).
+    pub state: Vec<u8>,
+}
+
+/// Where an export page continues: after this (hash, key).
+pub type ExportCursor = (i64, String);
+
+/// Snapshots whose hash lies in `[lo, hi)` (`hi` None: to the end) and that changed after
+/// `since`, in (hash, key) order after `after`, until about `max_bytes`.
+pub fn export_page(
+    conn: &Connection,
+    (lo, hi): (i64, Option<i64>),
+    since: i64,
+    after: Option<&ExportCursor>,
+    max_bytes: usize,
+) -> Result<(Vec<KeyImage>, Option<ExportCursor>), StorageError> {
+    let (after_hash, after_key) = match after {
+        Some((h, k)) => (*h, k.clone()),
+        None => (lo, String::new()),
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT hash, key, version, state FROM snapshots
+         WHERE hash >= ?1 AND (?2 IS NULL OR hash < ?2) AND changed > ?3
+           AND (hash, key) > (?4, ?5)
+         ORDER BY hash, key",
+    )?;
+    let mut rows = stmt.query(params![lo, hi, since, after_hash, after_key])?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let (hash, key, version, state): (i64, String, i64, Vec<u8>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        bytes += key.len() + state.len() + 16;
+        out.push(KeyImage {
+            key: key.clone(),
+            version: version as u64,
+            state,
+        });
+        if bytes >= max_bytes {
+            return Ok((out, Some((hash, key))));
+        }
+    }
+    Ok((out, None))
 }

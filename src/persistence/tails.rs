@@ -62,6 +62,18 @@ impl Tails {
         }
     }
 
+    /// Keys with live rows whose placement hash (`stored_hash`) is in `[lo, hi)`.
+    pub fn keys_in_hash_range(&self, (lo, hi): (i64, Option<i64>)) -> Vec<Arc<str>> {
+        self.by_key
+            .keys()
+            .filter(|k| {
+                let h = crate::domain::placement::stored_hash(k);
+                h >= lo && hi.is_none_or(|hi| h < hi)
+            })
+            .cloned()
+            .collect()
+    }
+
     pub fn rows_of(&self, key: &str) -> &[Row] {
         self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[])
     }

@@ -17,7 +17,8 @@
 //! recovers from what is durable.
 
 use super::codec;
-use super::store::{self, LoadedKey, StorageError};
+use super::store::{self, ExportCursor, KeyImage, LoadedKey, StorageError};
+use crate::domain::placement::stored_hash;
 use super::tails::{Row, Tails};
 use crate::domain::order::Order;
 use rusqlite::{params, Connection};
@@ -70,9 +71,44 @@ pub enum Request {
         sku: String,
         reply: ListReply,
     },
+    /// Handoff, source side: one page of the keys whose placement hash is in `range`
+    /// (a vnode) and whose snapshot changed after `since`. The first page (`after` None)
+    /// first folds those keys' journal tails into their snapshots, so the snapshots are the
+    /// whole durable state.
+    Export {
+        range: (i64, Option<i64>),
+        since: i64,
+        after: Option<ExportCursor>,
+        max_bytes: usize,
+        reply: ExportReply,
+    },
+    /// Handoff, target side: keys' whole state from their previous owner. Replaces whatever
+    /// this node had of them (including stale journal rows from an earlier ownership).
+    Import {
+        images: Vec<KeyImage>,
+        done: Done,
+    },
+    /// A durable fence (see cluster::handoff): `(vnode, move_id, epoch, begun_at)`.
+    PutFence {
+        fence: (u32, u64, u64, u64),
+        done: Done,
+    },
+    DeleteFence {
+        vnode: u32,
+    },
     /// Commit everything queued before this, then stop; later submits fail `WriterStopped`.
     Close,
 }
+
+/// A page of an export and the change number it is complete up to (for the first page: every
+/// snapshot change up to it is in this export; later changes have larger numbers).
+pub struct ExportPage {
+    pub images: Vec<KeyImage>,
+    pub next: Option<ExportCursor>,
+    pub changed_upto: i64,
+}
+
+pub type ExportReply = Box<dyn FnOnce(Result<ExportPage, StorageError>) + Send>;
 
 impl Request {
     fn is_read(&self) -> bool {
@@ -123,6 +159,8 @@ struct Journal {
     next_rowid: i64,
     trimmed_below: i64,
     window: i64,
+    /// The last snapshot change number handed out.
+    changed: i64,
 }
 
 /// What a committed transaction changed in the tail index, applied only after the commit.
@@ -144,6 +182,7 @@ impl Writer {
         assert!(max_batch > 0 && queue >= max_batch && window > 0);
         let tails = store::scan_tails(&conn)?;
         let next_rowid = store::next_journal_rowid(&conn)?;
+        let changed = store::last_snapshot_change(&conn)?;
         tracing::info!(
             live_rows = tails.live_rows(),
             keys = tails.keys(),
@@ -155,6 +194,7 @@ impl Writer {
             next_rowid,
             trimmed_below: 0,
             window,
+            changed,
         };
         let (tx, rx) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
@@ -291,8 +331,46 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                     state,
                     ..
                 } => {
-                    put_snapshot(&tx, key, *version, state)?;
+                    j.changed += 1;
+                    put_snapshot(&tx, key, *version, state, j.changed)?;
                     changes.push(TailChange::Covered(key.clone(), *version));
+                }
+                Request::Export {
+                    range, after: None, ..
+                } => {
+                    for key in j.tails.keys_in_hash_range(*range) {
+                        let loaded = store::load_key(&tx, &key, j.tails.rows_of(&key))?;
+                        let version = loaded.state.version();
+                        let state = codec::encode_snapshot(&loaded.state);
+                        j.changed += 1;
+                        put_snapshot(&tx, &key, version, &state, j.changed)?;
+                        changes.push(TailChange::Covered(key, version));
+                    }
+                }
+                Request::Import { images, .. } => {
+                    let mut drop_row = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
+                    for image in images {
+                        for (seq, _) in j.tails.rows_of(&image.key) {
+                            drop_row.execute(params![seq])?;
+                        }
+                        tx.prepare_cached("DELETE FROM snapshots WHERE key = ?1")?
+                            .execute(params![image.key])?;
+                        j.changed += 1;
+                        put_snapshot(&tx, &image.key, image.version, &image.state, j.changed)?;
+                        changes.push(TailChange::Covered(Arc::from(image.key.as_str()), u64::MAX));
+                    }
+                }
+                Request::PutFence { fence, .. } => {
+                    let (vnode, move_id, epoch, begun_at) = *fence;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO fences (vnode, move_id, epoch, begun_at)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![vnode, move_id as i64, epoch as i64, begun_at as i64])?;
+                }
+                Request::DeleteFence { vnode } => {
+                    tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1")?
+                        .execute(params![vnode])?;
                 }
                 Request::PutOrder {
                     order_id,
@@ -303,7 +381,8 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                 } => {
                     order.execute(params![order_id, status, record, *at_ms as i64])?;
                 }
-                Request::Barrier { .. }
+                Request::Export { .. }
+                | Request::Barrier { .. }
                 | Request::LoadKey { .. }
                 | Request::LoadOrder { .. }
                 | Request::ListWarehouses { .. }
@@ -315,7 +394,14 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
             // batch) plus the rows committed before this batch. A newer one is never replaced.
             let loaded = store::load_key(&tx, &key, j.tails.rows_of(&key))?;
             let version = loaded.state.version();
-            put_snapshot(&tx, &key, version, &codec::encode_snapshot(&loaded.state))?;
+            j.changed += 1;
+            put_snapshot(
+                &tx,
+                &key,
+                version,
+                &codec::encode_snapshot(&loaded.state),
+                j.changed,
+            )?;
             changes.push(TailChange::Covered(key, version));
             metrics::counter!("stockring_journal_compactions_total").increment(1);
         }
@@ -334,18 +420,21 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
 /// states agree except for ids the actor forgot (pruned) just before its snapshot, and the
 /// forgetting must win, or a later reuse of a forgotten id would not replay on the stored one.
 /// (Compaction always builds on the stored snapshot, so it never undoes a pruning.)
+/// `changed` is the snapshot's change number (see `Request::Export`).
 fn put_snapshot(
     tx: &Connection,
     key: &str,
     version: u64,
     state: &[u8],
+    changed: i64,
 ) -> Result<(), StorageError> {
     tx.prepare_cached(
-        "INSERT INTO snapshots (key, version, state) VALUES (?1, ?2, ?3)
-         ON CONFLICT(key) DO UPDATE SET version = excluded.version, state = excluded.state
+        "INSERT INTO snapshots (key, version, state, hash, changed) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(key) DO UPDATE SET version = excluded.version, state = excluded.state,
+         changed = excluded.changed
          WHERE excluded.version >= snapshots.version",
     )?
-    .execute(params![key, version as i64, state])?;
+    .execute(params![key, version as i64, state, stored_hash(key), changed])?;
     Ok(())
 }
 
@@ -353,7 +442,25 @@ fn finish(j: &Journal, request: Request) {
     match request {
         Request::Append { done, .. }
         | Request::PutOrder { done, .. }
+        | Request::Import { done, .. }
+        | Request::PutFence { done, .. }
         | Request::Barrier { done } => done(Ok(())),
+        Request::Export {
+            range,
+            since,
+            after,
+            max_bytes,
+            reply,
+        } => reply(
+            store::export_page(&j.conn, range, since, after.as_ref(), max_bytes).map(
+                |(images, next)| ExportPage {
+                    images,
+                    next,
+                    changed_upto: j.changed,
+                },
+            ),
+        ),
+        Request::DeleteFence { .. } => {}
         Request::Snapshot { done, .. } => {
             if let Some(done) = done {
                 done(Ok(()));
@@ -386,7 +493,11 @@ fn fail(request: Request, e: &StorageError) {
     match request {
         Request::Append { done, .. }
         | Request::PutOrder { done, .. }
+        | Request::Import { done, .. }
+        | Request::PutFence { done, .. }
         | Request::Barrier { done } => done(Err(err())),
+        Request::Export { reply, .. } => reply(Err(err())),
+        Request::DeleteFence { .. } => {}
         Request::Snapshot { done, .. } => {
             if let Some(done) = done {
                 done(Err(err()));
