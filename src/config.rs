@@ -32,6 +32,82 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `stockring=debug`.
     pub log: String,
+    /// Cluster membership; off (a single node) unless `[cluster] enabled = true`.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]` in the TOML file; environment variables are `STOCKRING_CLUSTER__<FIELD>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// This node's name: its identity in the cluster. A restart with the same name and data
+    /// dir is the same node (no vnodes move); a new name is a join.
+    pub node_name: String,
+    /// `ip:port` for node-to-node traffic (ractor_cluster); other nodes dial it.
+    pub cluster_addr: String,
+    /// The HTTP address to publish for this node (defaults to `http_addr`).
+    pub advertise_http: String,
+    /// The seed nodes, `name@ip:port` (their cluster addresses). They form the Raft group
+    /// that decides membership and ownership; the list must be the same on every node.
+    pub seeds: Vec<String>,
+    /// Shared secret for node-to-node authentication.
+    pub cookie: String,
+    /// Vnodes in the ring: a power of two, fixed when the cluster is created.
+    pub vnodes: u32,
+    pub heartbeat_ms: u64,
+    /// A peer that misses this many heartbeats in a row is down.
+    pub down_after_missed: u32,
+    /// Most requests in flight to one peer (beyond: `overloaded`).
+    pub max_in_flight_per_peer: usize,
+    /// Largest node-to-node message; checked before sending.
+    pub max_message_bytes: usize,
+    /// Most vnode moves in flight at once, cluster-wide.
+    pub max_moves: usize,
+    /// A move not committed within this time is aborted (and planned again).
+    pub move_timeout_ms: u64,
+    /// Size of one handoff page.
+    pub handoff_page_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_name: String::new(),
+            cluster_addr: "127.0.0.1:7100".into(),
+            advertise_http: String::new(),
+            seeds: Vec::new(),
+            cookie: "stockring".into(),
+            vnodes: 1024,
+            heartbeat_ms: 500,
+            down_after_missed: 4,
+            max_in_flight_per_peer: 256,
+            max_message_bytes: 4 << 20,
+            max_moves: 16,
+            move_timeout_ms: 30_000,
+            handoff_page_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The seeds as (name, cluster address).
+    pub fn seed_list(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.seeds
+            .iter()
+            .map(|s| {
+                s.split_once('@')
+                    .map(|(n, a)| (n.to_owned(), a.to_owned()))
+                    .ok_or_else(|| ConfigError::Invalid(format!("seed {s:?} is not name@ip:port")))
+            })
+            .collect()
+    }
+
+    pub fn is_seed(&self) -> bool {
+        self.seed_list()
+            .is_ok_and(|l| l.iter().any(|(n, _)| *n == self.node_name))
+    }
 }
 
 impl Default for Config {
@@ -48,6 +124,7 @@ impl Default for Config {
             writer_queue: 65_536,
             max_in_flight: 16_384,
             log: "info".into(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -64,6 +141,7 @@ const FIELDS: &[&str] = &[
     "writer_queue",
     "max_in_flight",
     "log",
+    "cluster",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +167,15 @@ impl Config {
         }
         // figment hands the filter the variable's own case (`MAX_ACTIVE_ACTORS`).
         let known = |k: &figment::value::UncasedStr| {
-            FIELDS.iter().any(|f| k.as_str().eq_ignore_ascii_case(f))
+            let top = k.as_str().split("__").next().unwrap_or_default();
+            FIELDS.iter().any(|f| top.eq_ignore_ascii_case(f))
         };
-        fig = fig.merge(Env::prefixed("STOCKRING_").filter(known).lowercase(true));
+        fig = fig.merge(
+            Env::prefixed("STOCKRING_")
+                .filter(known)
+                .lowercase(true)
+                .split("__"),
+        );
         let config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -119,6 +203,33 @@ impl Config {
         if self.idle_passivate_ms < 10 {
             return bad("idle_passivate_ms must be at least 10");
         }
+        let c = &self.cluster;
+        if c.enabled {
+            if crate::domain::Sku::parse(&c.node_name).is_err() {
+                return bad("cluster.node_name must be a valid id ([A-Za-z0-9._:-], 1..=128)");
+            }
+            if c.cluster_addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad("cluster.cluster_addr must be ip:port");
+            }
+            let seeds = c.seed_list()?;
+            if seeds.is_empty() {
+                return bad("cluster.seeds must name at least one seed");
+            }
+            if !crate::cluster::ring::is_valid_vnode_count(c.vnodes) {
+                return bad("cluster.vnodes must be a power of two up to 65536");
+            }
+            if c.heartbeat_ms < 10 || c.down_after_missed == 0 {
+                return bad("cluster.heartbeat_ms >= 10 and cluster.down_after_missed >= 1");
+            }
+            if c.max_in_flight_per_peer == 0 || c.max_moves == 0 {
+                return bad("cluster.max_in_flight_per_peer and cluster.max_moves must be >= 1");
+            }
+            if c.max_message_bytes < 64 * 1024 || c.handoff_page_bytes * 2 > c.max_message_bytes {
+                return bad(
+                    "need 64 KiB <= max_message_bytes and handoff_page_bytes <= half of it",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -141,6 +252,9 @@ mod tests {
             assert_eq!(c.max_active_actors, 7);
             assert_eq!(c.idle_passivate_ms, 900);
             assert_eq!(c.http_addr, "127.0.0.1:8080");
+            jail.set_env("STOCKRING_CLUSTER__NODE_NAME", "n7");
+            let c = Config::load(Some(Path::new("node.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.cluster.node_name, "n7");
             jail.set_env("STOCKRING_MAX_IN_FLIGHT", "0");
             assert!(Config::load(None).is_err());
             Ok(())

@@ -40,6 +40,9 @@ enum Command {
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
     },
+    /// Inspect or change the cluster through any node's HTTP API.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Drive load at a node; prints throughput, latency percentiles and a JSON line.
     Bench(stockring::bench::BenchArgs),
     /// In-memory HTTP server with the same API shapes: the HTTP ceiling for `bench`.
@@ -47,6 +50,28 @@ enum Command {
     BenchNullServer {
         #[arg(long, default_value = "127.0.0.1:8081")]
         http_addr: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members and their state, the Raft leader and term, vnodes per node, moves in progress.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decommission a node: its vnodes move to the others, then it stops.
+    Leave {
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Return at once instead of waiting until the node has left.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -79,6 +104,7 @@ fn main() -> ExitCode {
                 .map(|()| println!("restored {} into {}", from.display(), data_dir.display()))
                 .map_err(Into::into)
         }
+        Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(cluster_cli(cmd))),
         Command::Bench(args) => runtime().and_then(|rt| {
             rt.block_on(async move {
                 let report = stockring::bench::run(args).await?;
@@ -140,9 +166,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let server = stockring::server::start(config).await?;
         // Tests and scripts read the bound address (the config may ask for port 0).
         println!("stockring listening on {}", server.http_addr);
-        shutdown_signal().await;
-        tracing::info!("shutdown requested; draining");
-        server.stop().await
+        server.run_until(shutdown_signal()).await
     })
 }
 
@@ -166,5 +190,65 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+async fn cluster_cli(cmd: ClusterCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    match cmd {
+        ClusterCommand::Status { http, json } => {
+            let status: serde_json::Value = client
+                .get(format!("http://{http}/v1/cluster"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", stockring::cluster::format_status(&status));
+            }
+            Ok(())
+        }
+        ClusterCommand::Leave {
+            node,
+            http,
+            no_wait,
+        } => {
+            let resp = client
+                .post(format!("http://{http}/v1/cluster/leave"))
+                .json(&serde_json::json!({ "node": node }))
+                .send()
+                .await?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await?;
+            if !status.is_success() {
+                anyhow::bail!("leave refused ({status}): {body}");
+            }
+            println!("{node} is leaving; its vnodes are moving to the other nodes");
+            while !no_wait {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let s: serde_json::Value = client
+                    .get(format!("http://{http}/v1/cluster"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let member = s["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|m| m["name"] == node.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
+                println!(
+                    "  {node}: state {}, vnodes {}",
+                    member["state"], member["vnodes"]
+                );
+                if member["state"] == "left" {
+                    println!("{node} has left the cluster");
+                    break;
+                }
+            }
+            Ok(())
+        }
     }
 }

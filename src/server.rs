@@ -8,6 +8,9 @@ use crate::actors::router::{Directory, Router, RouterConfig, RouterMsg};
 use crate::actors::stock::StockEnv;
 use crate::actors::Node;
 use crate::api::{self, AppState};
+use crate::cluster::handoff::Fence;
+use crate::cluster::node::Cluster;
+use crate::cluster::transport::{RactorTransport, TransportConfig};
 use crate::config::Config;
 use crate::persistence::backup::DataDirLock;
 use crate::persistence::{store, Writer};
@@ -33,6 +36,22 @@ impl RunningServer {
         self.task.await.context("server task")?
     }
 
+    /// Serves until `signal` fires (then drains) or the node stops by itself (it left the
+    /// cluster, or failed).
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = signal => {
+                tracing::info!("shutdown requested; draining");
+                let _ = self.shutdown.send(());
+                self.task.await.context("server task")?
+            }
+            done = &mut self.task => done.context("server task")?,
+        }
+    }
+
     /// Waits until the server stops by itself (it does not, short of an error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("server task")?
@@ -46,6 +65,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     let conn = store::open(&store::db_path(&config.data_dir)).context("opening the database")?;
     let in_flight = store::orders_in_flight(&conn)?;
+    let fences = store::load_fences(&conn)?;
     let writer = Writer::start_with_window(
         conn,
         config.group_commit_max_batch,
@@ -72,16 +92,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         clock,
     );
     let orders = OrderCoordinator::new(node.clone());
-    let state = AppState {
-        node: node.clone(),
-        orders: orders.clone(),
-        metrics: api::metrics_handle(),
-    };
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
     let http_addr = listener.local_addr()?;
     tracing::info!(%http_addr, data_dir = %config.data_dir.display(), "listening");
+    let cluster = match config.cluster.enabled {
+        true => Some(start_cluster(&config, http_addr, &node, fences).await?),
+        false => None,
+    };
+    let state = AppState {
+        node: node.clone(),
+        orders: orders.clone(),
+        metrics: api::metrics_handle(),
+        cluster: cluster.clone(),
+    };
+    let app = api::router(state.clone());
+    if let Some(c) = &cluster {
+        c.set_http(app.clone());
+    }
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let upkeep = state.metrics.clone();
     let upkeep = tokio::spawn(async move {
@@ -91,11 +120,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
     });
     let ready_node = node.clone();
+    let left_cluster = cluster.as_ref().map(|c| c.left.subscribe());
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-            let _ = shutdown_rx.await;
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            match left_cluster {
+                Some(mut left) => {
+                    tokio::select! {
+                        _ = shutdown_rx => {}
+                        _ = left.wait_for(|l| *l) => {
+                            tracing::info!("this node has left the cluster; stopping");
+                        }
+                    }
+                }
+                None => {
+                    let _ = shutdown_rx.await;
+                }
+            }
         });
         let serving = tokio::spawn(async move { serve.await });
+        if let Some(c) = &cluster {
+            // Order recovery may touch keys anywhere: it needs the ring first.
+            while !c.has_map() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let (recovered, left) = orders.recover(in_flight).await;
         ready_node.set_ready(true);
         tracing::info!(
@@ -117,6 +165,48 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown,
         task,
     })
+}
+
+async fn start_cluster(
+    config: &Config,
+    http_addr: SocketAddr,
+    node: &Node,
+    fences: Vec<(u32, u64, u64, u64)>,
+) -> anyhow::Result<Arc<Cluster>> {
+    let c = &config.cluster;
+    let transport = RactorTransport::start(TransportConfig {
+        name: c.node_name.clone(),
+        addr: c.cluster_addr.clone(),
+        cookie: c.cookie.clone(),
+        heartbeat: Duration::from_millis(c.heartbeat_ms),
+        down_after_missed: c.down_after_missed,
+        max_in_flight_per_peer: c.max_in_flight_per_peer,
+        max_message_bytes: c.max_message_bytes,
+    })
+    .await
+    .context("starting the cluster transport")?;
+    let fences = fences
+        .into_iter()
+        .map(|(vnode, move_id, epoch, begun_at)| Fence {
+            vnode,
+            move_id,
+            epoch,
+            begun_at,
+        })
+        .collect();
+    let cluster = Cluster::start(
+        c.clone(),
+        http_addr.to_string(),
+        &config.data_dir,
+        node.clone(),
+        transport.clone(),
+        fences,
+    )
+    .await
+    .context("joining the cluster")?;
+    transport.set_inbound(cluster.clone());
+    tracing::info!(node = %c.node_name, cluster_addr = %c.cluster_addr, seed = c.is_seed(), "cluster started");
+    Ok(cluster)
 }
 
 async fn drain(

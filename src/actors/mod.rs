@@ -3,14 +3,16 @@
 
 pub mod clock;
 pub mod order;
+pub mod placement;
 pub mod router;
 pub mod stock;
 
 use crate::domain::{Command, Outcome, StockKey, StockView};
 use crate::persistence::{StorageError, WriterHandle};
+use placement::{KeyAnswer, KeyOp, Placement};
 use router::Directory;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use stock::StockMsg;
 use tokio::sync::{oneshot, Semaphore};
@@ -28,6 +30,13 @@ pub enum ServiceError {
     Overloaded,
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The key's vnode is moving or its owner cannot be reached; nothing was applied (or, after
+    /// a forwarding timeout, the outcome is unknown: a retry with the same id replays it).
+    #[error("the key's vnode is unavailable ({reason}); retry")]
+    VnodeUnavailable { retry_after_ms: u64, reason: String },
+    /// A peer answered in a way this node cannot interpret.
+    #[error("cluster: {0}")]
+    Internal(String),
 }
 
 /// The node as the API sees it: cheap to clone, safe to share.
@@ -39,6 +48,7 @@ pub struct Node {
     admission_wait: Duration,
     ready: Arc<AtomicBool>,
     clock: Arc<dyn clock::Clock>,
+    placement: Arc<OnceLock<Arc<dyn Placement>>>,
 }
 
 impl Node {
@@ -55,7 +65,14 @@ impl Node {
             admission_wait: Duration::from_secs(1),
             ready: Arc::new(AtomicBool::new(false)),
             clock,
+            placement: Arc::default(),
         }
+    }
+
+    /// Makes this node part of a cluster: from now on every key operation goes through
+    /// `placement` (which calls `execute_here`/`read_here` for the keys this node owns).
+    pub fn set_placement(&self, placement: Arc<dyn Placement>) {
+        let _ = self.placement.set(placement);
     }
 
     pub fn writer(&self) -> &WriterHandle {
@@ -74,15 +91,47 @@ impl Node {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Runs one command on its key's actor; answers once the result is durable.
+    /// Runs one command on its key's actor, wherever that lives; answers once the result is
+    /// durable.
     pub async fn execute(&self, key: StockKey, command: Command) -> Result<Outcome, ServiceError> {
+        match self.placement.get() {
+            None => self.execute_here(key, command).await,
+            Some(p) => match p.run(key, KeyOp::Apply(command)).await? {
+                KeyAnswer::Applied(outcome) => Ok(outcome),
+                KeyAnswer::View(_) => Err(ServiceError::Internal("a view for a command".into())),
+            },
+        }
+    }
+
+    /// Reads one key, wherever it lives; shows only durable state (C4).
+    pub async fn read(&self, key: StockKey) -> Result<StockView, ServiceError> {
+        match self.placement.get() {
+            None => self.read_here(key).await,
+            Some(p) => match p.run(key, KeyOp::Read).await? {
+                KeyAnswer::View(view) => Ok(view),
+                KeyAnswer::Applied(_) => {
+                    Err(ServiceError::Internal("an outcome for a read".into()))
+                }
+            },
+        }
+    }
+
+    /// Runs a command on this node's actor for the key (the caller checked ownership).
+    pub async fn execute_here(
+        &self,
+        key: StockKey,
+        command: Command,
+    ) -> Result<Outcome, ServiceError> {
         self.ask(key, |reply| StockMsg::Apply { command, reply })
             .await
     }
 
-    /// Reads one key; shows only durable state (C4).
-    pub async fn read(&self, key: StockKey) -> Result<StockView, ServiceError> {
+    pub async fn read_here(&self, key: StockKey) -> Result<StockView, ServiceError> {
         self.ask(key, |reply| StockMsg::Read { reply }).await
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 
     async fn ask<T>(

@@ -203,6 +203,24 @@ impl Directory {
         all.into_iter().take(n).map(|(_, k)| k).collect()
     }
 
+    /// Passivates every actor whose key matches (a vnode handed away must leave no actor
+    /// with its state behind). Returns how many matching keys still have an actor.
+    pub fn passivate_matching(&self, matches: impl Fn(&StockKey) -> bool) -> usize {
+        let keys: Vec<StockKey> = self.all_keys().into_iter().filter(|k| matches(k)).collect();
+        for key in &keys {
+            self.passivate(key);
+        }
+        keys.len()
+    }
+
+    /// How many matching keys have an actor (active or stopping).
+    pub fn count_matching(&self, matches: impl Fn(&StockKey) -> bool) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).keys().filter(|k| matches(k)).count())
+            .sum()
+    }
+
     fn all_keys(&self) -> Vec<StockKey> {
         self.shards
             .iter()

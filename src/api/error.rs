@@ -82,6 +82,16 @@ impl From<ServiceError> for ApiError {
             ServiceError::Overloaded => unavailable("overloaded", e.to_string()),
             ServiceError::Unavailable => unavailable("key_unavailable", e.to_string()),
             ServiceError::ShuttingDown => unavailable("shutting_down", e.to_string()),
+            ServiceError::VnodeUnavailable { retry_after_ms, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vnode_unavailable",
+                e.to_string(),
+            )
+            .with("retry_after_ms", retry_after_ms),
+            ServiceError::Internal(_) => {
+                tracing::error!(error = %e, "cluster error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
             ServiceError::Storage(s) => {
                 tracing::error!(error = %s, "storage error");
                 ApiError::new(

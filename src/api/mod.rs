@@ -1,6 +1,7 @@
 //! The HTTP/JSON API (axum): routes, the readiness gate, request metrics, `/metrics`,
 //! `/health`, `/ready` and `/openapi.json`.
 
+pub mod cluster;
 pub mod dto;
 pub mod error;
 pub mod openapi;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub node: Node,
     pub orders: OrderCoordinator,
     pub metrics: PrometheusHandle,
+    /// Present when the node runs in a cluster.
+    pub cluster: Option<std::sync::Arc<crate::cluster::node::Cluster>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,11 +51,19 @@ pub fn router(state: AppState) -> Router {
             "/v1/stock/{sku}/{warehouse}/safety-stock",
             axum::routing::put(stock::key_op::<dto::SafetyStockBody>),
         )
+        .route("/v1/batch", post(orders::batch))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/leave", post(cluster::leave));
+    let orders = Router::new()
         .route("/v1/orders", post(orders::create))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/commit", post(orders::commit))
         .route("/v1/orders/{id}/release", post(orders::release))
-        .route("/v1/batch", post(orders::batch));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::route_orders,
+        ));
+    let v1 = v1.merge(orders);
     Router::new()
         .merge(v1)
         .route(

@@ -95,24 +95,15 @@ pub async fn get_sku(
 ) -> ApiResult {
     let Path(sku) = sku?;
     let sku = dto::sku(&sku)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let reply = Box::new(move |r| {
-        let _ = tx.send(r);
-    });
-    state
-        .node
-        .writer()
-        .submit(Request::ListWarehouses {
-            sku: sku.as_str().to_owned(),
-            reply,
-        })
-        .await
-        .map_err(crate::actors::ServiceError::from)?;
-    let warehouses = rx
-        .await
-        .map_err(|_| StorageError::WriterStopped)
-        .map_err(crate::actors::ServiceError::from)?
-        .map_err(crate::actors::ServiceError::from)?;
+    let warehouses = match &state.cluster {
+        Some(cluster) => cluster.warehouses(sku.as_str()).await.map_err(|reason| {
+            crate::actors::ServiceError::VnodeUnavailable {
+                retry_after_ms: 500,
+                reason,
+            }
+        })?,
+        None => local_warehouses(&state, sku.as_str()).await?,
+    };
     let reads = warehouses
         .iter()
         .filter_map(|w| dto::warehouse(w).ok())
@@ -137,4 +128,25 @@ pub async fn get_sku(
         StatusCode::OK,
         Json(json!({ "sku": sku.as_str(), "warehouses": rows, "total": total })),
     ))
+}
+
+async fn local_warehouses(state: &AppState, sku: &str) -> Result<Vec<String>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reply = Box::new(move |r| {
+        let _ = tx.send(r);
+    });
+    state
+        .node
+        .writer()
+        .submit(Request::ListWarehouses {
+            sku: sku.to_owned(),
+            reply,
+        })
+        .await
+        .map_err(crate::actors::ServiceError::from)?;
+    Ok(rx
+        .await
+        .map_err(|_| StorageError::WriterStopped)
+        .map_err(crate::actors::ServiceError::from)?
+        .map_err(crate::actors::ServiceError::from)?)
 }

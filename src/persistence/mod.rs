@@ -7,5 +7,5 @@ pub mod store;
 pub mod tails;
 pub mod writer;
 
-pub use store::{ExportCursor, KeyImage, LoadedKey, StorageError};
+pub use store::{ExportCursor, KeyImage, LoadedKey, OrderImage, StorageError};
 pub use writer::{ExportPage, Request, Writer, WriterHandle};

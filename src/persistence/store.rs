@@ -10,10 +10,10 @@
 //!   a newer one. Journal rows below the oldest row any key still needs are deleted in ranges;
 //! - `orders(order_id, status, record, updated_at_ms)`: order records (C3 for orders, recovery).
 
-use crate::domain::placement::stored_hash;
 use super::codec::{self, CodecError};
 use super::tails::{Row, Tails};
 use crate::domain::order::Order;
+use crate::domain::placement::stored_hash;
 use crate::domain::StockState;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -115,6 +115,8 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
             "BEGIN;
              ALTER TABLE snapshots ADD COLUMN hash INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE snapshots ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE orders ADD COLUMN hash INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE orders ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
              CREATE TABLE fences (
                  vnode INTEGER PRIMARY KEY,
                  move_id INTEGER NOT NULL,
@@ -131,8 +133,18 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
             set.execute(params![key, stored_hash(&key)])?;
         }
         drop(set);
+        let ids: Vec<String> = conn
+            .prepare("SELECT order_id FROM orders")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut set = conn.prepare("UPDATE orders SET hash = ?2 WHERE order_id = ?1")?;
+        for id in ids {
+            set.execute(params![id, stored_hash(&id)])?;
+        }
+        drop(set);
         conn.execute_batch(
             "CREATE INDEX snapshots_by_hash ON snapshots(hash, key);
+             CREATE INDEX orders_by_hash ON orders(hash, order_id);
              PRAGMA user_version = 3;
              COMMIT;",
         )?;
@@ -272,9 +284,12 @@ pub fn load_fences(conn: &Connection) -> Result<Vec<(u32, u64, u64, u64)>, Stora
 
 /// The newest snapshot change number (see `export_page`).
 pub fn last_snapshot_change(conn: &Connection) -> Result<i64, StorageError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(changed), 0) FROM snapshots", [], |r| {
-        r.get(0)
-    })?)
+    Ok(conn.query_row(
+        "SELECT MAX((SELECT COALESCE(MAX(changed), 0) FROM snapshots),
+                    (SELECT COALESCE(MAX(changed), 0) FROM orders))",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// One key's full durable state, as a handoff carries it.
@@ -284,6 +299,58 @@ pub struct KeyImage {
     pub version: u64,
     /// A snapshot blob (codec::encode_snapshot).
     pub state: Vec<u8>,
+}
+
+/// An order record, as a handoff carries it (orders live with their order id's vnode).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OrderImage {
+    pub order_id: String,
+    pub status: String,
+    pub record: Vec<u8>,
+    pub updated_at_ms: u64,
+}
+
+/// Order records in a hash range changed after `since`, like `export_page`.
+pub fn export_orders_page(
+    conn: &Connection,
+    (lo, hi): (i64, Option<i64>),
+    since: i64,
+    after: Option<&ExportCursor>,
+    max_bytes: usize,
+) -> Result<(Vec<OrderImage>, Option<ExportCursor>), StorageError> {
+    let (after_hash, after_id) = match after {
+        Some((h, k)) => (*h, k.clone()),
+        None => (lo, String::new()),
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT hash, order_id, status, record, updated_at_ms FROM orders
+         WHERE hash >= ?1 AND (?2 IS NULL OR hash < ?2) AND changed > ?3
+           AND (hash, order_id) > (?4, ?5)
+         ORDER BY hash, order_id",
+    )?;
+    let mut rows = stmt.query(params![lo, hi, since, after_hash, after_id])?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let (hash, order_id, status, record, at): (i64, String, String, Vec<u8>, i64) = (
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        );
+        bytes += order_id.len() + record.len() + 32;
+        out.push(OrderImage {
+            order_id: order_id.clone(),
+            status,
+            record,
+            updated_at_ms: at as u64,
+        });
+        if bytes >= max_bytes {
+            return Ok((out, Some((hash, order_id))));
+        }
+    }
+    Ok((out, None))
 }
 
 /// Where an export page continues: after this (hash, key).

@@ -17,10 +17,10 @@
 //! recovers from what is durable.
 
 use super::codec;
-use super::store::{self, ExportCursor, KeyImage, LoadedKey, StorageError};
-use crate::domain::placement::stored_hash;
+use super::store::{self, ExportCursor, KeyImage, LoadedKey, OrderImage, StorageError};
 use super::tails::{Row, Tails};
 use crate::domain::order::Order;
+use crate::domain::placement::stored_hash;
 use rusqlite::{params, Connection};
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,6 +77,8 @@ pub enum Request {
     /// whole durable state.
     Export {
         range: (i64, Option<i64>),
+        /// Order records instead of keys.
+        orders: bool,
         since: i64,
         after: Option<ExportCursor>,
         max_bytes: usize,
@@ -86,6 +88,7 @@ pub enum Request {
     /// this node had of them (including stale journal rows from an earlier ownership).
     Import {
         images: Vec<KeyImage>,
+        orders: Vec<OrderImage>,
         done: Done,
     },
     /// A durable fence (see cluster::handoff): `(vnode, move_id, epoch, begun_at)`.
@@ -104,6 +107,7 @@ pub enum Request {
 /// snapshot change up to it is in this export; later changes have larger numbers).
 pub struct ExportPage {
     pub images: Vec<KeyImage>,
+    pub orders: Vec<OrderImage>,
     pub next: Option<ExportCursor>,
     pub changed_upto: i64,
 }
@@ -303,9 +307,10 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
             "INSERT INTO journal (seq, key, version, event) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut order = tx.prepare_cached(
-            "INSERT INTO orders (order_id, status, record, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO orders (order_id, status, record, updated_at_ms, hash, changed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(order_id) DO UPDATE SET status = excluded.status, record = excluded.record,
-             updated_at_ms = excluded.updated_at_ms",
+             updated_at_ms = excluded.updated_at_ms, changed = excluded.changed",
         )?;
         for request in batch {
             match request {
@@ -336,7 +341,10 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                     changes.push(TailChange::Covered(key.clone(), *version));
                 }
                 Request::Export {
-                    range, after: None, ..
+                    range,
+                    orders: false,
+                    after: None,
+                    ..
                 } => {
                     for key in j.tails.keys_in_hash_range(*range) {
                         let loaded = store::load_key(&tx, &key, j.tails.rows_of(&key))?;
@@ -347,7 +355,18 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                         changes.push(TailChange::Covered(key, version));
                     }
                 }
-                Request::Import { images, .. } => {
+                Request::Import { images, orders, .. } => {
+                    for o in orders {
+                        j.changed += 1;
+                        order.execute(params![
+                            o.order_id,
+                            o.status,
+                            o.record,
+                            o.updated_at_ms as i64,
+                            stored_hash(&o.order_id),
+                            j.changed
+                        ])?;
+                    }
                     let mut drop_row = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
                     for image in images {
                         for (seq, _) in j.tails.rows_of(&image.key) {
@@ -366,7 +385,12 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                         "INSERT OR REPLACE INTO fences (vnode, move_id, epoch, begun_at)
                          VALUES (?1, ?2, ?3, ?4)",
                     )?
-                    .execute(params![vnode, move_id as i64, epoch as i64, begun_at as i64])?;
+                    .execute(params![
+                        vnode,
+                        move_id as i64,
+                        epoch as i64,
+                        begun_at as i64
+                    ])?;
                 }
                 Request::DeleteFence { vnode } => {
                     tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1")?
@@ -379,7 +403,15 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                     at_ms,
                     ..
                 } => {
-                    order.execute(params![order_id, status, record, *at_ms as i64])?;
+                    j.changed += 1;
+                    order.execute(params![
+                        order_id,
+                        status,
+                        record,
+                        *at_ms as i64,
+                        stored_hash(order_id),
+                        j.changed
+                    ])?;
                 }
                 Request::Export { .. }
                 | Request::Barrier { .. }
@@ -434,7 +466,13 @@ fn put_snapshot(
          changed = excluded.changed
          WHERE excluded.version >= snapshots.version",
     )?
-    .execute(params![key, version as i64, state, stored_hash(key), changed])?;
+    .execute(params![
+        key,
+        version as i64,
+        state,
+        stored_hash(key),
+        changed
+    ])?;
     Ok(())
 }
 
@@ -447,6 +485,7 @@ fn finish(j: &Journal, request: Request) {
         | Request::Barrier { done } => done(Ok(())),
         Request::Export {
             range,
+            orders: false,
             since,
             after,
             max_bytes,
@@ -455,6 +494,24 @@ fn finish(j: &Journal, request: Request) {
             store::export_page(&j.conn, range, since, after.as_ref(), max_bytes).map(
                 |(images, next)| ExportPage {
                     images,
+                    orders: Vec::new(),
+                    next,
+                    changed_upto: j.changed,
+                },
+            ),
+        ),
+        Request::Export {
+            range,
+            orders: true,
+            since,
+            after,
+            max_bytes,
+            reply,
+        } => reply(
+            store::export_orders_page(&j.conn, range, since, after.as_ref(), max_bytes).map(
+                |(orders, next)| ExportPage {
+                    images: Vec::new(),
+                    orders,
                     next,
                     changed_upto: j.changed,
                 },

@@ -1,0 +1,266 @@
+//! The shell of a handoff (the protocol itself is `handoff.rs`): the target side pulls pages
+//! from the source and stores them, then proposes the commit; the source side answers those
+//! pulls, and on the last one fences the vnode, drains it and persists the fence first.
+
+use super::control::{ControlCommand, ControlResponse, Move};
+use super::handoff::{Effect, ExportDecision, ExportRequest, Phase};
+use super::node::{done_channel, Cluster};
+use super::ring::{stored_hash_range, vnode_of_key};
+use super::wire::{PeerReply, PeerRequest};
+use crate::persistence::{ExportCursor, ExportPage, Request, StorageError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Incoming moves worked on at once by one node.
+const PARALLEL_MOVES: usize = 8;
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Target side: runs the receiver's effects as they become due.
+pub(super) async fn drive(cluster: Arc<Cluster>) {
+    let mut changed = cluster.map_changed.subscribe();
+    loop {
+        let now = cluster.now_ms();
+        let effects = lock(&cluster.receiver).poll(now, PARALLEL_MOVES);
+        metrics::gauge!("stockring_handoffs_in_flight")
+            .set(lock(&cluster.receiver).in_flight() as f64);
+        for effect in effects {
+            let c = cluster.clone();
+            tokio::spawn(async move {
+                let (id, phase, result) = match effect {
+                    Effect::Export(req) => {
+                        let phase = if req.last { Phase::Last } else { Phase::Copy };
+                        (req.mv.id, phase, pull(&c, req).await)
+                    }
+                    Effect::ProposeCommit(mv) => (mv.id, Phase::Commit, commit(&c, mv).await),
+                };
+                let now = c.now_ms();
+                match result {
+                    Ok(()) => lock(&c.receiver).on_done(id, phase, now),
+                    Err(e) => {
+                        tracing::info!(move_id = id, ?phase, error = %e, "handoff step failed; will retry");
+                        lock(&c.receiver).on_failed(id, phase, now);
+                    }
+                }
+                c.map_changed.send_modify(|v| *v += 1);
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), changed.changed()).await;
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pulls every page of one export from the source and stores each durably.
+async fn pull(cluster: &Arc<Cluster>, req: ExportRequest) -> Result<(), String> {
+    let mv = req.mv;
+    let source = cluster
+        .map()
+        .and_then(|m| m.members.get(&mv.from).map(|m| m.spec.name.clone()))
+        .ok_or("source unknown")?;
+    let since = if req.last {
+        lock(&cluster.copy_marks).get(&mv.id).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    let started = Instant::now();
+    let mut first_mark = None;
+    let mut keys = 0usize;
+    for orders in [false, true] {
+        keys += pull_pass(cluster, &source, req, orders, since, &mut first_mark).await?;
+    }
+    if !req.last {
+        lock(&cluster.copy_marks).insert(mv.id, first_mark.unwrap_or(0));
+    }
+    metrics::counter!("stockring_handoff_keys_total").increment(keys as u64);
+    tracing::info!(
+        vnode = mv.vnode,
+        move_id = mv.id,
+        last = req.last,
+        keys,
+        ms = started.elapsed().as_millis() as u64,
+        "handoff pages stored"
+    );
+    Ok(())
+}
+
+/// All pages of the keys (or the order records) of one export; returns how many it stored.
+async fn pull_pass(
+    cluster: &Arc<Cluster>,
+    source: &str,
+    req: ExportRequest,
+    orders: bool,
+    since: i64,
+    first_mark: &mut Option<i64>,
+) -> Result<usize, String> {
+    let mv = req.mv;
+    let mut after: Option<ExportCursor> = None;
+    let mut stored = 0usize;
+    loop {
+        let ask = PeerRequest::Export {
+            mv,
+            last: req.last,
+            orders,
+            since,
+            after: after.clone(),
+            max_bytes: cluster.config.handoff_page_bytes,
+        };
+        let reply = cluster
+            .transport
+            .call(source, &ask, EXPORT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (images, order_images, next, changed_upto) = match reply {
+            PeerReply::ExportPage {
+                images,
+                orders,
+                next,
+                changed_upto,
+            } => (images, orders, next, changed_upto),
+            PeerReply::ExportRefused => return Err("source refused the export".into()),
+            other => return Err(format!("unexpected answer {other:?}")),
+        };
+        first_mark.get_or_insert(changed_upto);
+        stored += images.len() + order_images.len();
+        if !images.is_empty() || !order_images.is_empty() {
+            let (done, rx) = done_channel();
+            let import = Request::Import {
+                images,
+                orders: order_images,
+                done,
+            };
+            cluster
+                .node
+                .writer()
+                .submit(import)
+                .await
+                .map_err(|e| e.to_string())?;
+            rx.await
+                .map_err(|_| "writer stopped".to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => return Ok(stored),
+        }
+    }
+}
+
+async fn commit(cluster: &Arc<Cluster>, mv: Move) -> Result<(), String> {
+    let cmd = ControlCommand::CommitMove {
+        vnode: mv.vnode,
+        move_id: mv.id,
+    };
+    match cluster.propose(cmd).await? {
+        ControlResponse::Rejected(why) => {
+            tracing::info!(
+                move_id = mv.id,
+                why,
+                "commit refused (the move was resolved)"
+            );
+        }
+        _ => {
+            metrics::counter!("stockring_handoffs_total").increment(1);
+            tracing::info!(vnode = mv.vnode, move_id = mv.id, "vnode moved here");
+        }
+    }
+    lock(&cluster.copy_marks).remove(&mv.id);
+    super::loops::refresh_map(cluster).await;
+    Ok(())
+}
+
+/// Source side: one page of an export, fencing first when it is the last phase.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_export(
+    cluster: &Arc<Cluster>,
+    mv: Move,
+    last: bool,
+    orders: bool,
+    since: i64,
+    after: Option<ExportCursor>,
+    max_bytes: usize,
+) -> PeerReply {
+    let decision = {
+        let mut o = cluster.ownership.write().unwrap_or_else(|p| p.into_inner());
+        let d = o.on_export_request(&ExportRequest { mv, last });
+        if let ExportDecision::FenceThenExport(f) = d {
+            // Closed under the same lock that recorded the fence: no new local write can
+            // start on this vnode from here on.
+            cluster.gates.close(f.vnode);
+        }
+        d
+    };
+    let Some(map) = cluster.map() else {
+        return PeerReply::ExportRefused;
+    };
+    match decision {
+        ExportDecision::Refuse => return PeerReply::ExportRefused,
+        ExportDecision::Copy => {}
+        ExportDecision::FenceThenExport(f) => {
+            if let Err(e) = fence(cluster, f, map.vnodes).await {
+                return PeerReply::Error(e.to_string());
+            }
+        }
+    }
+    let range = stored_hash_range(mv.vnode, map.vnodes);
+    let (tx, rx) = oneshot::channel();
+    let reply = Box::new(move |r: Result<ExportPage, StorageError>| {
+        let _ = tx.send(r);
+    });
+    let asked = Request::Export {
+        range,
+        orders,
+        since,
+        after,
+        max_bytes: max_bytes.min(cluster.config.handoff_page_bytes),
+        reply,
+    };
+    if let Err(e) = cluster.node.writer().submit(asked).await {
+        return PeerReply::Error(e.to_string());
+    }
+    match rx.await {
+        Ok(Ok(page)) => PeerReply::ExportPage {
+            images: page.images,
+            orders: page.orders,
+            next: page.next,
+            changed_upto: page.changed_upto,
+        },
+        Ok(Err(e)) => PeerReply::Error(e.to_string()),
+        Err(_) => PeerReply::Error("writer stopped".into()),
+    }
+}
+
+/// Waits for every local operation on the vnode to finish (their replies leave only once
+/// durable), passivates the vnode's actors (none may keep state behind), and persists the
+/// fence. Only then may the last export be answered.
+async fn fence(
+    cluster: &Arc<Cluster>,
+    f: super::handoff::Fence,
+    vnodes: u32,
+) -> Result<(), StorageError> {
+    cluster.gates.drained(f.vnode).await;
+    let directory = cluster.node.directory().clone();
+    let in_vnode = move |k: &crate::domain::StockKey| vnode_of_key(k, vnodes) == f.vnode;
+    directory.passivate_matching(&in_vnode);
+    while directory.count_matching(&in_vnode) > 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (done, rx) = done_channel();
+    cluster
+        .node
+        .writer()
+        .submit(Request::PutFence {
+            fence: (f.vnode, f.move_id, f.epoch, f.begun_at),
+            done,
+        })
+        .await?;
+    rx.await.map_err(|_| StorageError::WriterStopped)??;
+    tracing::info!(
+        vnode = f.vnode,
+        move_id = f.move_id,
+        "vnode fenced for handoff"
+    );
+    Ok(())
+}

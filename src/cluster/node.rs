@@ -1,0 +1,505 @@
+//! The cluster shell of one node: it keeps this node's view of the ring (`Ownership`), puts
+//! every key operation where it belongs (here behind the vnode's gate, or forwarded to the
+//! owner), answers the other nodes (gateway requests), and runs the loops that keep the view
+//! fresh, admit this node, drive incoming handoffs and — on the Raft leader — rebalance.
+//! Decisions are made by the pure state machines (`control`, `handoff`); this file only moves
+//! their inputs and effects around.
+
+use super::control::{ControlCommand, ControlResponse, ControlState, MemberSpec, MemberState};
+use super::forward::Forwarder;
+use super::gates::Gates;
+use super::handoff::{Access, Fence, Ownership, Receiver};
+use super::raft::{ControlError, ControlPlane, RaftTransport};
+use super::ring::{vnode_of_key, Vnode};
+use super::transport::{Transport, TransportError};
+use super::wire::{self, ForwardItem, ForwardResult, PeerReply, PeerRequest, WireOp};
+use super::MemberId;
+use crate::actors::placement::{KeyAnswer, KeyOp, Placement};
+use crate::actors::{Node, ServiceError};
+use crate::config::ClusterConfig;
+use crate::domain::{Command, StockKey};
+use crate::persistence::Request;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+/// How long an operation waits for a moving vnode before the client gets a retryable 503.
+const MOVE_PATIENCE: Duration = Duration::from_secs(3);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Cluster {
+    pub(super) config: ClusterConfig,
+    pub(super) spec: MemberSpec,
+    pub(super) seeds: Vec<(String, String)>,
+    pub(super) node: Node,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) control: Option<Arc<ControlPlane>>,
+    pub(super) ownership: RwLock<Ownership>,
+    pub(super) gates: Gates,
+    pub(super) receiver: Mutex<Receiver>,
+    /// Per incoming move: the change number its copy is complete up to.
+    pub(super) copy_marks: Mutex<HashMap<u64, i64>>,
+    forwarders: Mutex<HashMap<String, Forwarder>>,
+    /// Leader, term and commit index as last heard (from the local Raft, or from a seed).
+    pub(super) raft_view: Mutex<(Option<String>, u64, u64)>,
+    /// Bumped on every map this node takes; wakes the handoff driver.
+    pub(super) map_changed: watch::Sender<u64>,
+    /// The HTTP router, for order requests forwarded here (`PeerRequest::Http`).
+    pub(super) http: OnceLock<axum::Router>,
+    pub(super) started: Instant,
+    /// Set when this node has handed everything away after a `leave`.
+    pub left: watch::Sender<bool>,
+    /// Itself, for the `'static` futures the node and the gateway need.
+    me: std::sync::Weak<Cluster>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Raft RPCs ride on the node-to-node transport.
+struct RaftOverTransport(Arc<dyn Transport>);
+
+impl RaftTransport for RaftOverTransport {
+    fn call(
+        &self,
+        target: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let call = self.0.call(target, &PeerRequest::Raft(payload), timeout);
+        Box::pin(async move {
+            match call.await {
+                Ok(PeerReply::Raft(bytes)) => Ok(bytes),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster: starts the control plane on a seed, takes the fences persisted
+    /// before a restart, installs itself as the node's placement, and starts its loops.
+    pub async fn start(
+        config: ClusterConfig,
+        http_addr: String,
+        data_dir: &std::path::Path,
+        node: Node,
+        transport: Arc<dyn Transport>,
+        fences: Vec<Fence>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let seeds = config.seed_list()?;
+        for (name, addr) in &seeds {
+            transport.add_peer(name, addr);
+        }
+        let control = if config.is_seed() {
+            let names: Vec<String> = seeds.iter().map(|(n, _)| n.clone()).collect();
+            let plane = ControlPlane::start(
+                data_dir,
+                &config.node_name,
+                &names,
+                Arc::new(RaftOverTransport(transport.clone())),
+            )
+            .await?;
+            Some(Arc::new(plane))
+        } else {
+            None
+        };
+        let gates = Gates::default();
+        for f in &fences {
+            gates.close(f.vnode);
+        }
+        let advertise = if config.advertise_http.is_empty() {
+            http_addr
+        } else {
+            config.advertise_http.clone()
+        };
+        let spec = MemberSpec {
+            name: config.node_name.clone(),
+            http_addr: advertise,
+            cluster_addr: config.cluster_addr.clone(),
+        };
+        let cluster = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            spec,
+            seeds,
+            node: node.clone(),
+            transport,
+            control,
+            ownership: RwLock::new(Ownership::new(MemberId::MAX, fences)),
+            gates,
+            receiver: Mutex::default(),
+            copy_marks: Mutex::default(),
+            forwarders: Mutex::default(),
+            raft_view: Mutex::default(),
+            map_changed: watch::channel(0).0,
+            http: OnceLock::new(),
+            started: Instant::now(),
+            left: watch::channel(false).0,
+            config,
+        });
+        node.set_placement(cluster.clone());
+        if let Some(plane) = &cluster.control {
+            plane.initialize_if_first().await?;
+            tokio::spawn(super::loops::follow_raft(
+                cluster.clone(),
+                plane.subscribe(),
+            ));
+            tokio::spawn(super::loops::lead(cluster.clone()));
+        }
+        tokio::spawn(super::loops::poll_map(cluster.clone()));
+        tokio::spawn(super::loops::join(cluster.clone()));
+        tokio::spawn(super::mover::drive(cluster.clone()));
+        Ok(cluster)
+    }
+
+    pub fn set_http(&self, router: axum::Router) {
+        let _ = self.http.set(router);
+    }
+
+    pub fn seeds_contain(&self, name: &str) -> bool {
+        self.seeds.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn map(&self) -> Option<Arc<ControlState>> {
+        read(&self.ownership).map().cloned()
+    }
+
+    /// This node is admitted and knows the ring: it can place requests.
+    pub fn has_map(&self) -> bool {
+        let o = read(&self.ownership);
+        o.me() != MemberId::MAX && o.map().is_some_and(|m| m.is_bootstrapped())
+    }
+
+    pub(super) fn raft_view_mut(&self) -> std::sync::MutexGuard<'_, (Option<String>, u64, u64)> {
+        lock(&self.raft_view)
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.node.now_ms()
+    }
+
+    /// Takes a map (from the local Raft or a seed); older ones are ignored.
+    pub(super) fn take_map(&self, map: Arc<ControlState>) {
+        if map.version <= read(&self.ownership).map_version() && self.has_map() {
+            return;
+        }
+        let me = map
+            .member_by_name(&self.spec.name)
+            .map_or(MemberId::MAX, |m| m.id);
+        let resolved = {
+            let mut o = write(&self.ownership);
+            if map.version < o.map_version() {
+                return;
+            }
+            o.set_me(me);
+            o.on_map(map.clone())
+        };
+        for f in &resolved {
+            self.gates.open(f.vnode);
+            let writer = self.node.writer().clone();
+            let vnode = f.vnode;
+            tokio::spawn(async move { writer.submit(Request::DeleteFence { vnode }).await });
+            tracing::info!(vnode = f.vnode, move_id = f.move_id, "fence lifted");
+        }
+        lock(&self.receiver).on_map(me, &map);
+        for m in map.members.values() {
+            self.transport.add_peer(&m.spec.name, &m.spec.cluster_addr);
+        }
+        super::status::record_map_metrics(self, &map, me);
+        if map
+            .members
+            .get(&me)
+            .is_some_and(|m| m.state == MemberState::Left)
+        {
+            let _ = self.left.send(true);
+        }
+        self.map_changed.send_modify(|v| *v += 1);
+    }
+
+    fn member_name(&self, map: &ControlState, id: MemberId) -> Option<String> {
+        map.members.get(&id).map(|m| m.spec.name.clone())
+    }
+
+    fn forwarder(&self, peer: &str) -> Forwarder {
+        let mut f = lock(&self.forwarders);
+        f.entry(peer.to_owned())
+            .or_insert_with(|| {
+                Forwarder::spawn(
+                    peer.to_owned(),
+                    self.transport.clone(),
+                    self.config.max_in_flight_per_peer.min(32),
+                    FORWARD_TIMEOUT,
+                )
+            })
+            .clone()
+    }
+
+    /// Where this node would run an operation on `vnode` now.
+    fn access(&self, key: &StockKey) -> (Vnode, Access, Option<Arc<ControlState>>) {
+        let o = read(&self.ownership);
+        match o.map() {
+            Some(map) if map.is_bootstrapped() => {
+                let v = vnode_of_key(key, map.vnodes);
+                (v, o.access(v), Some(map.clone()))
+            }
+            _ => (0, Access::Unknown, None),
+        }
+    }
+
+    async fn run_here(&self, key: StockKey, op: KeyOp) -> Result<KeyAnswer, ServiceError> {
+        match op {
+            KeyOp::Apply(cmd) => self
+                .node
+                .execute_here(key, cmd)
+                .await
+                .map(KeyAnswer::Applied),
+            KeyOp::Read => self.node.read_here(key).await.map(KeyAnswer::View),
+        }
+    }
+
+    /// Places one key operation: here, forwarded, or — after waiting out a move — a
+    /// retryable `vnode_unavailable`.
+    async fn place(self: Arc<Self>, key: StockKey, op: KeyOp) -> Result<KeyAnswer, ServiceError> {
+        let deadline = Instant::now() + MOVE_PATIENCE;
+        let mut pause = Duration::from_millis(2);
+        let mut reason = "no ring map yet";
+        loop {
+            let (vnode, access, map) = self.access(&key);
+            match access {
+                Access::Local { .. } => {
+                    if let Some(_inside) = self.gates.enter(vnode) {
+                        return self.run_here(key, op).await;
+                    }
+                    reason = "vnode moving";
+                }
+                Access::Remote { owner, epoch } => {
+                    let Some(peer) = map.and_then(|m| self.member_name(&m, owner)) else {
+                        return Err(ServiceError::Internal("owner not a member".into()));
+                    };
+                    if self.transport.is_down(&peer) {
+                        // Missed heartbeats: answer now rather than after a forward timeout.
+                        return Err(ServiceError::VnodeUnavailable {
+                            retry_after_ms: 1_000,
+                            reason: format!("owner {peer} is down"),
+                        });
+                    }
+                    let item = ForwardItem {
+                        key: key.storage_name(),
+                        epoch,
+                        op: match &op {
+                            KeyOp::Apply(cmd) => WireOp::Apply(cmd.into()),
+                            KeyOp::Read => WireOp::Read,
+                        },
+                    };
+                    metrics::counter!("stockring_forwarded_total").increment(1);
+                    match self.forwarder(&peer).send(item).await {
+                        Ok(ForwardResult::Applied(o)) => return Ok(KeyAnswer::Applied(o.into())),
+                        Ok(ForwardResult::View(v)) => return Ok(KeyAnswer::View(v.into())),
+                        Ok(ForwardResult::NotOwner { .. }) => {
+                            // Our map is behind (or theirs): fetch the newest and retry.
+                            reason = "stale ring map";
+                            super::loops::refresh_map(&self).await;
+                        }
+                        Ok(ForwardResult::Fenced) => reason = "vnode moving",
+                        Ok(ForwardResult::Failed(msg)) => {
+                            return Err(ServiceError::VnodeUnavailable {
+                                retry_after_ms: 100,
+                                reason: msg,
+                            })
+                        }
+                        Err(TransportError::Overloaded(_)) => return Err(ServiceError::Overloaded),
+                        Err(e) => {
+                            return Err(ServiceError::VnodeUnavailable {
+                                retry_after_ms: 500,
+                                reason: e.to_string(),
+                            })
+                        }
+                    }
+                }
+                Access::Fenced => reason = "vnode moving",
+                Access::Unknown => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ServiceError::VnodeUnavailable {
+                    retry_after_ms: 200,
+                    reason: reason.into(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// A forwarded operation: run it only if this node owns the key's vnode now.
+    async fn serve_forward(self: Arc<Self>, item: ForwardItem) -> ForwardResult {
+        let Ok(key) = wire::key_from_wire(&item.key) else {
+            return ForwardResult::Failed("invalid key".into());
+        };
+        let op = match item.op {
+            WireOp::Read => KeyOp::Read,
+            WireOp::Apply(cmd) => match Command::try_from(cmd) {
+                Ok(cmd) => KeyOp::Apply(cmd),
+                Err(e) => return ForwardResult::Failed(e.to_string()),
+            },
+        };
+        let (vnode, access, map) = self.access(&key);
+        let version = map.map_or(0, |m| m.version);
+        match access {
+            Access::Local { .. } => {
+                let Some(_inside) = self.gates.enter(vnode) else {
+                    return ForwardResult::Fenced;
+                };
+                match self.run_here(key, op).await {
+                    Ok(KeyAnswer::Applied(o)) => ForwardResult::Applied(o.into()),
+                    Ok(KeyAnswer::View(v)) => ForwardResult::View(v.into()),
+                    Err(e) => ForwardResult::Failed(e.to_string()),
+                }
+            }
+            Access::Fenced => ForwardResult::Fenced,
+            Access::Remote { .. } | Access::Unknown => ForwardResult::NotOwner { version },
+        }
+    }
+
+    /// Proposes a control command wherever the Raft leader is.
+    pub async fn propose(&self, cmd: ControlCommand) -> Result<ControlResponse, String> {
+        let mut hint = lock(&self.raft_view).0.clone();
+        if let Some(plane) = &self.control {
+            match plane.propose(cmd.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(ControlError::NotLeader { leader }) => hint = leader.or(hint),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let mut targets: Vec<String> = hint.into_iter().collect();
+        targets.extend(self.seeds.iter().map(|(n, _)| n.clone()));
+        targets.dedup();
+        for target in targets {
+            if target == self.spec.name {
+                continue;
+            }
+            let call =
+                self.transport
+                    .call(&target, &PeerRequest::Propose(cmd.clone()), CONTROL_TIMEOUT);
+            match call.await {
+                Ok(PeerReply::Proposed(r)) => return Ok(r),
+                Ok(PeerReply::NotLeader { leader: Some(l) }) if l != target => {
+                    let again = self.transport.call(
+                        &l,
+                        &PeerRequest::Propose(cmd.clone()),
+                        CONTROL_TIMEOUT,
+                    );
+                    if let Ok(PeerReply::Proposed(r)) = again.await {
+                        return Ok(r);
+                    }
+                }
+                _ => continue,
+            }
+        }
+        Err("no Raft leader reachable".into())
+    }
+
+    /// Answers another node.
+    pub(super) async fn serve(self: Arc<Self>, req: PeerRequest) -> PeerReply {
+        match req {
+            PeerRequest::Ping { .. } => PeerReply::Pong,
+            PeerRequest::Forward(items) => {
+                let runs = items
+                    .into_iter()
+                    .map(|item| self.clone().serve_forward(item));
+                PeerReply::Forwarded(futures::future::join_all(runs).await)
+            }
+            PeerRequest::Export {
+                mv,
+                last,
+                orders,
+                since,
+                after,
+                max_bytes,
+            } => super::mover::serve_export(&self, mv, last, orders, since, after, max_bytes).await,
+            PeerRequest::Raft(bytes) => match &self.control {
+                Some(plane) => PeerReply::Raft(plane.handle_rpc(&bytes).await),
+                None => PeerReply::Error("not a seed".into()),
+            },
+            PeerRequest::GetMap { have } => {
+                let map = match &self.control {
+                    Some(plane) => Some(plane.state()),
+                    None => self.map(),
+                };
+                let (leader, term, commit) = lock(&self.raft_view).clone();
+                PeerReply::Map {
+                    state: map
+                        .filter(|m| m.version > have)
+                        .map(|m| Box::new((*m).clone())),
+                    leader,
+                    term,
+                    commit_index: commit,
+                }
+            }
+            PeerRequest::Propose(cmd) => match &self.control {
+                Some(plane) => match plane.propose(cmd).await {
+                    Ok(r) => PeerReply::Proposed(r),
+                    Err(ControlError::NotLeader { leader }) => PeerReply::NotLeader { leader },
+                    Err(e) => PeerReply::Error(e.to_string()),
+                },
+                None => PeerReply::NotLeader {
+                    leader: lock(&self.raft_view).0.clone(),
+                },
+            },
+            PeerRequest::Http { method, path, body } => {
+                super::http::serve_forwarded(&self, method, path, body).await
+            }
+            PeerRequest::Warehouses { sku } => {
+                PeerReply::Warehouses(super::http::local_warehouses(&self, &sku).await)
+            }
+        }
+    }
+}
+
+impl Placement for Cluster {
+    fn run(&self, key: StockKey, op: KeyOp) -> BoxFuture<'static, Result<KeyAnswer, ServiceError>> {
+        match self.me.upgrade() {
+            Some(me) => Box::pin(me.place(key, op)),
+            None => Box::pin(async { Err(ServiceError::ShuttingDown) }),
+        }
+    }
+}
+
+impl super::transport::Inbound for Cluster {
+    fn handle(&self, req: PeerRequest) -> BoxFuture<'static, PeerReply> {
+        match self.me.upgrade() {
+            Some(me) => Box::pin(me.serve(req)),
+            None => Box::pin(async { PeerReply::Error("stopping".into()) }),
+        }
+    }
+}
+
+/// A oneshot-backed `done` callback for writer requests.
+pub(super) fn done_channel() -> (
+    crate::persistence::writer::Done,
+    oneshot::Receiver<Result<(), crate::persistence::StorageError>>,
+) {
+    let (tx, rx) = oneshot::channel();
+    (
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+        rx,
+    )
+}
