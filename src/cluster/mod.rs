@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod planner;
+pub mod raft;
 pub mod ring;
 
 /// A member's compact id, assigned by the control plane when it is admitted.
