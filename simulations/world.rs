@@ -164,9 +164,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(me: Option<MemberId>, fences: Vec<Fence>, now: u64) -> Self {
+    /// `floor`: the persisted map version (0 when the shell under test keeps none).
+    fn new(me: Option<MemberId>, fences: Vec<Fence>, floor: u64, now: u64) -> Self {
         Proc {
-            own: Ownership::new(me.unwrap_or(UNKNOWN_ME), fences),
+            own: Ownership::new(me.unwrap_or(UNKNOWN_ME), fences, floor),
             recv: Receiver::default(),
             join_pending: true,
             joined_at: None,
@@ -427,7 +428,7 @@ impl World {
             debug_assert_eq!(n, i);
             // The seeds know who they are from the bootstrap configuration.
             w.nodes[n].disk.member = Some(id);
-            w.nodes[n].proc_ = Some(Proc::new(Some(id), Vec::new(), 0));
+            w.nodes[n].proc_ = Some(Proc::new(Some(id), Vec::new(), 0, 0));
             w.member_node.insert(id, n);
             w.control.last_heartbeat.insert(id, 0);
         }
@@ -483,7 +484,7 @@ impl World {
         self.nodes.push(Node {
             name,
             disk: Disk::default(),
-            proc_: Some(Proc::new(None, Vec::new(), self.now)),
+            proc_: Some(Proc::new(None, Vec::new(), 0, self.now)),
             decommissioned: false,
         });
         let at = self.now + self.rng.gen_range(1..=NODE_TICK_MS);
@@ -854,7 +855,9 @@ impl World {
             node.disk.map_floor = map.version;
         }
         let before: Vec<Fence> = p.own.fences().copied().collect();
-        let resolved = p.own.on_map(map.clone());
+        let Some(resolved) = p.own.on_map(map.clone()) else {
+            return;
+        };
         for f in &resolved {
             node.disk.fences.remove(&f.vnode);
             let still_mine = map
@@ -1243,7 +1246,12 @@ impl World {
             node.disk.fences.clear();
         }
         let n = fences.len();
-        node.proc_ = Some(Proc::new(node.disk.member, fences, self.now));
+        let floor = if self.cfg.map_floor {
+            node.disk.map_floor
+        } else {
+            0
+        };
+        node.proc_ = Some(Proc::new(node.disk.member, fences, floor, self.now));
         self.log.line(self.now, || {
             format!("n{i} restarts with {n} durable fences")
         });

@@ -66,6 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let conn = store::open(&store::db_path(&config.data_dir)).context("opening the database")?;
     let in_flight = store::orders_in_flight(&conn)?;
     let fences = store::load_fences(&conn)?;
+    let map_floor = store::load_map_floor(&conn)?;
     let writer = Writer::start_with_window(
         conn,
         config.group_commit_max_batch,
@@ -98,7 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let http_addr = listener.local_addr()?;
     tracing::info!(%http_addr, data_dir = %config.data_dir.display(), "listening");
     let cluster = match config.cluster.enabled {
-        true => Some(start_cluster(&config, http_addr, &node, fences).await?),
+        true => Some(start_cluster(&config, http_addr, &node, fences, map_floor).await?),
         false => None,
     };
     let state = AppState {
@@ -172,6 +173,7 @@ async fn start_cluster(
     http_addr: SocketAddr,
     node: &Node,
     fences: Vec<(u32, u64, u64, u64)>,
+    map_floor: u64,
 ) -> anyhow::Result<Arc<Cluster>> {
     let c = &config.cluster;
     let transport = RactorTransport::start(TransportConfig {
@@ -201,6 +203,7 @@ async fn start_cluster(
         node.clone(),
         transport.clone(),
         fences,
+        map_floor,
     )
     .await
     .context("joining the cluster")?;

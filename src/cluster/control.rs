@@ -336,7 +336,12 @@ impl ControlState {
             let party_down = [m.from, m.to]
                 .iter()
                 .any(|id| self.members.get(id).is_none_or(|mm| mm.down));
-            if stuck || party_down {
+            // A member that started leaving takes nothing more.
+            let into_leaver = self
+                .members
+                .get(&m.to)
+                .is_none_or(|mm| !matches!(mm.state, MemberState::Joining | MemberState::Up));
+            if stuck || party_down || into_leaver {
                 out.push(ControlCommand::AbortMove {
                     vnode: m.vnode,
                     move_id: m.id,
@@ -379,12 +384,11 @@ impl ControlState {
                         state: MemberState::Up,
                     })
                 }
-                MemberState::Leaving if !outgoing && self.owned_by(m.id) == 0 => {
-                    out.push(ControlCommand::SetState {
+                MemberState::Leaving if !outgoing && !incoming && self.owned_by(m.id) == 0 => out
+                    .push(ControlCommand::SetState {
                         member: m.id,
                         state: MemberState::Left,
-                    })
-                }
+                    }),
                 _ => {}
             }
         }

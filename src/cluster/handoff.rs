@@ -72,21 +72,34 @@ pub enum ExportDecision {
 }
 
 /// One node's view: the newest map it has seen and the fences it holds.
+///
+/// Its map must never go backwards, not even across a restart (the simulation found why: a
+/// source that lifted its fence on seeing a commit would own the vnode again, unfenced, on
+/// an older map; a target would re-run a committed move over writes it acknowledged since).
+/// So the shell persists the version of every map before acting on it (`floor`).
 #[derive(Clone, Debug)]
 pub struct Ownership {
     me: MemberId,
     map: Option<Arc<ControlState>>,
     fences: BTreeMap<Vnode, Fence>,
+    floor: u64,
 }
 
 impl Ownership {
-    /// `fences` are the ones persisted before a restart.
-    pub fn new(me: MemberId, fences: impl IntoIterator<Item = Fence>) -> Self {
+    /// `fences` and `floor` (the newest map version accepted) are the ones persisted before a
+    /// restart.
+    pub fn new(me: MemberId, fences: impl IntoIterator<Item = Fence>, floor: u64) -> Self {
         Self {
             me,
             map: None,
             fences: fences.into_iter().map(|f| (f.vnode, f)).collect(),
+            floor,
         }
+    }
+
+    /// Would `on_map` take a map of this version?
+    pub fn accepts_version(&self, version: u64) -> bool {
+        version >= self.map_version().max(self.floor)
     }
 
     pub fn me(&self) -> MemberId {
@@ -125,12 +138,15 @@ impl Ownership {
         Access::Local { epoch: entry.epoch }
     }
 
-    /// Takes a newer map (older ones are ignored: maps only move forward). Returns the fences
-    /// it resolved, which the shell may delete from disk.
-    pub fn on_map(&mut self, map: Arc<ControlState>) -> Vec<Fence> {
-        if map.version < self.map_version() {
-            return Vec::new();
+    /// Takes a map at least as new as every map taken before (the shell must have persisted
+    /// its version first). Returns the fences it resolved, which the shell may delete from
+    /// disk, or `None` if the map is older and was ignored (then the `Receiver` must not see
+    /// it either: an old map can list a move that has committed since).
+    pub fn on_map(&mut self, map: Arc<ControlState>) -> Option<Vec<Fence>> {
+        if !self.accepts_version(map.version) {
+            return None;
         }
+        self.floor = map.version;
         let resolved: Vec<Fence> = self
             .fences
             .values()
@@ -141,7 +157,7 @@ impl Ownership {
             self.fences.remove(&f.vnode);
         }
         self.map = Some(map);
-        resolved
+        Some(resolved)
     }
 
     /// The source side of a move: decides how to answer a target's export request.

@@ -37,7 +37,7 @@ fn source_fences_on_last_export_and_lifts_on_abort_only() {
         older.version = mv.begun_at - 1;
         older
     };
-    let mut a = Ownership::new(0, []);
+    let mut a = Ownership::new(0, [], 0);
     a.on_map(Arc::new(before_move.clone()));
     assert_eq!(a.access(mv.vnode), Access::Local { epoch: mv.epoch });
     let copy = ExportRequest { mv, last: false };
@@ -48,8 +48,8 @@ fn source_fences_on_last_export_and_lifts_on_abort_only() {
         ExportDecision::FenceThenExport(_)
     ));
     assert_eq!(a.access(mv.vnode), Access::Fenced);
-    // A map from before the move does not lift the fence.
-    assert!(a.on_map(Arc::new(before_move)).is_empty());
+    // A map from before the move is older than what `a` has: ignored.
+    assert!(a.on_map(Arc::new(before_move)).is_none());
     assert_eq!(a.access(mv.vnode), Access::Fenced);
     // The abort does.
     let mut aborted = s.clone();
@@ -58,15 +58,15 @@ fn source_fences_on_last_export_and_lifts_on_abort_only() {
         move_id: mv.id,
     };
     assert_eq!(aborted.apply(&abort), ControlResponse::Done);
-    assert_eq!(a.on_map(Arc::new(aborted)).len(), 1);
+    assert_eq!(a.on_map(Arc::new(aborted)).map(|r| r.len()), Some(1));
     assert_eq!(a.access(mv.vnode), Access::Local { epoch: mv.epoch });
 }
 
 #[test]
 fn commit_hands_the_vnode_over() {
     let (mut s, mv) = with_move();
-    let mut a = Ownership::new(0, []);
-    let mut b = Ownership::new(1, []);
+    let mut a = Ownership::new(0, [], 0);
+    let mut b = Ownership::new(1, [], 0);
     a.on_map(Arc::new(s.clone()));
     b.on_map(Arc::new(s.clone()));
     assert!(matches!(
@@ -114,7 +114,7 @@ fn commit_hands_the_vnode_over() {
 #[test]
 fn a_source_that_lost_the_vnode_refuses_exports() {
     let (s, mut mv) = with_move();
-    let mut a = Ownership::new(0, []);
+    let mut a = Ownership::new(0, [], 0);
     a.on_map(Arc::new(s));
     mv.epoch += 1;
     assert_eq!(
@@ -148,4 +148,18 @@ fn receiver_walks_copy_last_commit() {
     });
     r.on_map(1, &done);
     assert_eq!(r.in_flight(), 0);
+}
+
+#[test]
+fn a_restarted_node_never_takes_an_older_map() {
+    let (s, _) = with_move();
+    let mut older = s.clone();
+    older.version -= 1;
+    let mut a = Ownership::new(0, [], s.version);
+    assert!(
+        a.on_map(Arc::new(older)).is_none(),
+        "below the persisted floor"
+    );
+    assert_eq!(a.access(0), Access::Unknown);
+    assert!(a.on_map(Arc::new(s)).is_some());
 }

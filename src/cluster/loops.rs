@@ -81,10 +81,7 @@ pub(super) async fn refresh_map(cluster: &Arc<Cluster>) {
 /// a join and moves nothing). Retries until the map shows this node as it is configured.
 pub(super) async fn join(cluster: Arc<Cluster>) {
     loop {
-        let current = cluster
-            .map()
-            .and_then(|m| m.member_by_name(cluster.name()).map(|m| m.spec.clone()));
-        if current.as_ref() == Some(&cluster.spec) {
+        if cluster.is_admitted() {
             tracing::info!(node = cluster.name(), "admitted to the cluster");
             return;
         }

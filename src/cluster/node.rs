@@ -52,6 +52,9 @@ pub struct Cluster {
     pub(super) started: Instant,
     /// Set when this node has handed everything away after a `leave`.
     pub left: watch::Sender<bool>,
+    /// This process has seen itself `Leaving` (a restarted node that finds itself `Left`
+    /// joins again instead of stopping).
+    leaving: std::sync::atomic::AtomicBool,
     /// Itself, for the `'static` futures the node and the gateway need.
     me: std::sync::Weak<Cluster>,
 }
@@ -99,6 +102,7 @@ impl Cluster {
         node: Node,
         transport: Arc<dyn Transport>,
         fences: Vec<Fence>,
+        map_floor: u64,
     ) -> anyhow::Result<Arc<Self>> {
         let seeds = config.seed_list()?;
         for (name, addr) in &seeds {
@@ -138,7 +142,8 @@ impl Cluster {
             node: node.clone(),
             transport,
             control,
-            ownership: RwLock::new(Ownership::new(MemberId::MAX, fences)),
+            ownership: RwLock::new(Ownership::new(MemberId::MAX, fences, map_floor)),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             gates,
             receiver: Mutex::default(),
             copy_marks: Mutex::default(),
@@ -195,21 +200,33 @@ impl Cluster {
         self.node.now_ms()
     }
 
-    /// Takes a map (from the local Raft or a seed); older ones are ignored.
+    /// Takes a map (from the local Raft or a seed); older ones are ignored, also across a
+    /// restart: its version is queued to the writer before anything acts on it, so whatever
+    /// this node does on it becomes durable only after the floor does.
     pub(super) fn take_map(&self, map: Arc<ControlState>) {
-        if map.version <= read(&self.ownership).map_version() && self.has_map() {
-            return;
+        {
+            let o = read(&self.ownership);
+            let same = map.version == o.map_version() && self.has_map();
+            if same || !o.accepts_version(map.version) {
+                return;
+            }
+        }
+        let floor = Request::SetMapFloor {
+            version: map.version,
+        };
+        if self.node.writer().try_submit(floor).is_err() {
+            return; // writer busy: the next poll brings the map again
         }
         let me = map
             .member_by_name(&self.spec.name)
             .map_or(MemberId::MAX, |m| m.id);
         let resolved = {
             let mut o = write(&self.ownership);
-            if map.version < o.map_version() {
-                return;
-            }
             o.set_me(me);
-            o.on_map(map.clone())
+            match o.on_map(map.clone()) {
+                Some(resolved) => resolved,
+                None => return,
+            }
         };
         for f in &resolved {
             self.gates.open(f.vnode);
@@ -223,14 +240,23 @@ impl Cluster {
             self.transport.add_peer(&m.spec.name, &m.spec.cluster_addr);
         }
         super::status::record_map_metrics(self, &map, me);
-        if map
-            .members
-            .get(&me)
-            .is_some_and(|m| m.state == MemberState::Left)
-        {
-            let _ = self.left.send(true);
+        use std::sync::atomic::Ordering::SeqCst;
+        match map.members.get(&me).map(|m| m.state) {
+            Some(MemberState::Leaving) => self.leaving.store(true, SeqCst),
+            Some(MemberState::Left) if self.leaving.load(SeqCst) => {
+                let _ = self.left.send(true);
+            }
+            _ => {}
         }
         self.map_changed.send_modify(|v| *v += 1);
+    }
+
+    /// Admitted as configured (a `Left` member that starts again must join again).
+    pub(super) fn is_admitted(&self) -> bool {
+        self.map().is_some_and(|m| {
+            m.member_by_name(&self.spec.name)
+                .is_some_and(|me| me.spec == self.spec && me.state != MemberState::Left)
+        })
     }
 
     fn member_name(&self, map: &ControlState, id: MemberId) -> Option<String> {

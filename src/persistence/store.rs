@@ -117,6 +117,10 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
              ALTER TABLE snapshots ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE orders ADD COLUMN hash INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE orders ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+             CREATE TABLE cluster_meta (
+                 name TEXT PRIMARY KEY,
+                 value INTEGER NOT NULL
+             );
              CREATE TABLE fences (
                  vnode INTEGER PRIMARY KEY,
                  move_id INTEGER NOT NULL,
@@ -280,6 +284,19 @@ pub fn load_fences(conn: &Connection) -> Result<Vec<(u32, u64, u64, u64)>, Stora
         ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The version of the newest ring map this node accepted (0 if none): a restarted node never
+/// takes an older one (see cluster::handoff::Ownership).
+pub fn load_map_floor(conn: &Connection) -> Result<u64, StorageError> {
+    let v: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM cluster_meta WHERE name = 'map_floor'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.unwrap_or(0) as u64)
 }
 
 /// The newest snapshot change number (see `export_page`).

@@ -99,6 +99,10 @@ pub enum Request {
     DeleteFence {
         vnode: u32,
     },
+    /// The newest ring map version this node accepted (never lowered).
+    SetMapFloor {
+        version: u64,
+    },
     /// Commit everything queued before this, then stop; later submits fail `WriterStopped`.
     Close,
 }
@@ -136,6 +140,13 @@ impl WriterHandle {
         self.tx
             .send(request)
             .await
+            .map_err(|_| StorageError::WriterStopped)
+    }
+
+    /// Queues without waiting; fails if the queue is full (the caller retries later).
+    pub fn try_submit(&self, request: Request) -> Result<(), StorageError> {
+        self.tx
+            .try_send(request)
             .map_err(|_| StorageError::WriterStopped)
     }
 
@@ -392,6 +403,13 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                         begun_at as i64
                     ])?;
                 }
+                Request::SetMapFloor { version } => {
+                    tx.prepare_cached(
+                        "INSERT INTO cluster_meta (name, value) VALUES ('map_floor', ?1)
+                         ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+                    )?
+                    .execute(params![*version as i64])?;
+                }
                 Request::DeleteFence { vnode } => {
                     tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1")?
                         .execute(params![vnode])?;
@@ -517,7 +535,7 @@ fn finish(j: &Journal, request: Request) {
                 },
             ),
         ),
-        Request::DeleteFence { .. } => {}
+        Request::DeleteFence { .. } | Request::SetMapFloor { .. } => {}
         Request::Snapshot { done, .. } => {
             if let Some(done) = done {
                 done(Ok(()));
@@ -554,7 +572,7 @@ fn fail(request: Request, e: &StorageError) {
         | Request::PutFence { done, .. }
         | Request::Barrier { done } => done(Err(err())),
         Request::Export { reply, .. } => reply(Err(err())),
-        Request::DeleteFence { .. } => {}
+        Request::DeleteFence { .. } | Request::SetMapFloor { .. } => {}
         Request::Snapshot { done, .. } => {
             if let Some(done) = done {
                 done(Err(err()));
