@@ -1,0 +1,714 @@
+//! The cluster with the real binary, several processes on loopback.
+//!
+//! `cluster_scenario_under_load` is one long scenario (starting and stopping processes is the
+//! expensive part, so the phases share one cluster) under continuous reservation load from
+//! several clients against random nodes:
+//! 1. three nodes up and balanced;
+//! 2. a fourth node joins: it ends up with V/N vnodes and no more than that moved;
+//! 3. a node is `kill -9`ed and restarted on the same data dir: same ownership, nothing moved;
+//! 4. a node is SIGSTOPped: another node reports it `down` (time printed); SIGCONT: `up` again;
+//! 5. the non-seed node is decommissioned (`POST /v1/cluster/leave`): it exits 0 by itself and
+//!    the others own its vnodes, balanced.
+//!
+//! Throughout, clients see only 2xx answers, business 409s, or retryable 503s (retried with the
+//! same id and body). At the end, from the outside: every acknowledged reservation replays with
+//! its first answer on any node, and every key's `on_hand` and `reserved` are exactly what the
+//! acknowledged operations account for (nothing lost, nothing applied twice, no oversell).
+//!
+//! `forwarding_and_orders_across_owners` checks that a request through a non-owner gets the
+//! owner's answer, and that an order over keys owned by different nodes is all-or-nothing.
+//!
+//! The seed set (the Raft group) is a parameter: `STOCKRING_CLUSTER_TEST_SEEDS=n1` or
+//! `n1,n2,n3` (the default is `DEFAULT_SEEDS`). Nodes that are not seeds join.
+//! `STOCKRING_CLUSTER_TEST_SEED` replays the clients' random choices; on failure every node's
+//! `/v1/cluster` and log tail are printed (`STOCKRING_KEEP_CLUSTER_DIR=1` keeps the files).
+
+mod cluster_support;
+
+use cluster_support::{
+    balanced_over, member_state, moves_in_progress, ownership, until_done, vnodes_of,
+    ClusterSpec, Clients, Stats, Targets, TestCluster,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The Raft group unless `STOCKRING_CLUSTER_TEST_SEEDS` says otherwise.
+const DEFAULT_SEEDS: &[&str] = &["n1"];
+const VNODES: u32 = 64;
+const CONVERGE: Duration = Duration::from_secs(60);
+/// Vnodes a join or leave may move beyond the ideal (ceil(V/N)).
+const MOVE_SLACK: u64 = 2;
+
+const CLIENTS: usize = 6;
+const HOT_KEYS: usize = 3;
+const COLD_KEYS: usize = 24;
+const HOT_STOCK: u64 = 40;
+const COLD_STOCK: u64 = 1_000_000;
+/// Long enough that nothing expires during the test: replays must find every hold.
+const TTL_MS: u64 = 600_000;
+/// Steady load between the phases.
+const SOAK: Duration = Duration::from_secs(2);
+
+/// The cluster tests start several processes each: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn seeds() -> Vec<String> {
+    match std::env::var("STOCKRING_CLUSTER_TEST_SEEDS") {
+        Ok(s) if !s.trim().is_empty() => s.split(',').map(|x| x.trim().to_owned()).collect(),
+        _ => DEFAULT_SEEDS.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn spec(nodes: &[&str]) -> ClusterSpec {
+    let seeds = seeds();
+    for s in &seeds {
+        assert!(
+            nodes.contains(&s.as_str()),
+            "seed {s} is not one of the test's nodes {nodes:?}"
+        );
+    }
+    ClusterSpec {
+        nodes: nodes.iter().map(|s| s.to_string()).collect(),
+        seeds,
+        vnodes: VNODES,
+        heartbeat_ms: 200,
+        down_after_missed: 4,
+    }
+}
+
+/// Starts `names`: the seeds first, all at once (a Raft group needs a quorum before anything
+/// is ready), then the others (joins). Waits until each is ready.
+async fn start_nodes(cluster: &TestCluster, names: &[&str]) {
+    let (seeds, joiners): (Vec<&str>, Vec<&str>) =
+        names.iter().partition(|n| cluster.is_seed(n));
+    for group in [seeds, joiners] {
+        for n in &group {
+            cluster.spawn(n);
+        }
+        for n in &group {
+            cluster.wait_ready(n, CONVERGE).await;
+        }
+    }
+}
+
+fn key_name(k: usize) -> (String, String) {
+    if k < HOT_KEYS {
+        (format!("hot-{k}"), "w1".into())
+    } else {
+        (format!("cold-{k}"), format!("w{}", k % 3))
+    }
+}
+
+fn initial_stock(k: usize) -> u64 {
+    if k < HOT_KEYS {
+        HOT_STOCK
+    } else {
+        COLD_STOCK
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    Held,
+    Committed,
+    Released,
+}
+
+struct Acked {
+    key: usize,
+    qty: u64,
+    id: String,
+    /// The first 2xx answer.
+    answer: Value,
+    state: Hold,
+}
+
+/// What the clients were told: the expected state of every key follows from it.
+#[derive(Default)]
+struct Ledger {
+    acked: Vec<Acked>,
+    received: BTreeMap<usize, u64>,
+    refused: u64,
+    replays_on_retry: u64,
+}
+
+fn reserve_body(key: usize, id: &str, qty: u64) -> Value {
+    let (sku, wh) = key_name(key);
+    json!({ "sku": sku, "warehouse": wh, "qty": qty, "reservation_id": id, "ttl_ms": TTL_MS })
+}
+
+struct Load {
+    targets: Arc<Targets>,
+    stats: Arc<Stats>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// One client: reserve (hot keys run out of stock), then commit, release or keep the hold;
+/// now and then a receipt on a hot key. Every operation is retried on retryable 503s until its
+/// answer is definitive, so the ledger is exact.
+async fn client(load: Arc<Load>, c: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut clients = Clients::default();
+    let (targets, stats) = (load.targets.clone(), load.stats.clone());
+    let mut n = 0u64;
+    while !load.stop.load(Ordering::Relaxed) {
+        n += 1;
+        if rng.gen_bool(0.05) {
+            let k = rng.gen_range(0..HOT_KEYS);
+            let (sku, wh) = key_name(k);
+            let qty = rng.gen_range(5..=15u64);
+            let body = json!({ "qty": qty, "op_id": format!("rcpt-{c}-{n}") });
+            let path = format!("/v1/stock/{sku}/{wh}/receipts");
+            match until_done(
+                &targets,
+                &stats,
+                &mut clients,
+                &mut rng,
+                Method::POST,
+                &path,
+                Some(&body),
+                None,
+            )
+            .await
+            {
+                Ok((200, _)) => *load.ledger.lock().unwrap().received.entry(k).or_default() += qty,
+                Ok((s, v)) => stats.fail(format!("receipt {path}: {s} {v}")),
+                Err(e) => stats.fail(e),
+            }
+            continue;
+        }
+        let k = if rng.gen_bool(0.35) {
+            rng.gen_range(0..HOT_KEYS)
+        } else {
+            rng.gen_range(HOT_KEYS..HOT_KEYS + COLD_KEYS)
+        };
+        let qty = rng.gen_range(1..=3u64);
+        let id = format!("r-{c}-{n}");
+        let body = reserve_body(k, &id, qty);
+        let answer = until_done(
+            &targets,
+            &stats,
+            &mut clients,
+            &mut rng,
+            Method::POST,
+            "/v1/reservations",
+            Some(&body),
+            None,
+        )
+        .await;
+        let answer = match answer {
+            Ok((status @ (200 | 201), v)) => {
+                let mut l = load.ledger.lock().unwrap();
+                if status == 200 {
+                    // A retry after a 503 whose request had in fact been applied.
+                    l.replays_on_retry += 1;
+                }
+                l.acked.push(Acked {
+                    key: k,
+                    qty,
+                    id: id.clone(),
+                    answer: v.clone(),
+                    state: Hold::Held,
+                });
+                v
+            }
+            Ok((409, v)) if v["code"] == "insufficient_stock" => {
+                load.ledger.lock().unwrap().refused += 1;
+                continue;
+            }
+            Ok((s, v)) => {
+                stats.fail(format!("reserve {body}: {s} {v}"));
+                continue;
+            }
+            Err(e) => {
+                stats.fail(e);
+                continue;
+            }
+        };
+        if answer["qty"] != qty || answer["reservation_id"] != id.as_str() {
+            stats.fail(format!("reserve {body} answered {answer}"));
+        }
+        let (verb, state) = match rng.gen_range(0..10) {
+            0..=2 => ("commit", Hold::Committed),
+            3..=5 => ("release", Hold::Released),
+            _ => continue,
+        };
+        let (sku, wh) = key_name(k);
+        let path = format!("/v1/reservations/{id}/{verb}");
+        let finish = json!({ "sku": sku, "warehouse": wh });
+        match until_done(
+            &targets,
+            &stats,
+            &mut clients,
+            &mut rng,
+            Method::POST,
+            &path,
+            Some(&finish),
+            None,
+        )
+        .await
+        {
+            Ok((200, _)) => {
+                let mut l = load.ledger.lock().unwrap();
+                if let Some(a) = l.acked.iter_mut().rev().find(|a| a.id == id) {
+                    a.state = state;
+                }
+            }
+            Ok((s, v)) => stats.fail(format!("{verb} {path}: {s} {v}")),
+            Err(e) => stats.fail(e),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..20))).await;
+    }
+}
+
+/// Sum of a counter over the given running nodes.
+async fn sum_metric(cluster: &TestCluster, nodes: &[&str], metric: &str) -> u64 {
+    let mut total = 0.0;
+    for n in nodes {
+        total += cluster.metric(n, metric).await;
+    }
+    total as u64
+}
+
+fn assert_no_client_failures(stats: &Stats, phase: &str) {
+    let failures = stats.failures();
+    assert!(
+        failures.is_empty(),
+        "clients saw {} failure(s) by the end of phase {phase:?}; first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+/// Figures printed at the end (and asserted where the issue asks).
+#[derive(Default, Debug)]
+struct Figures {
+    initial_ring: BTreeMap<String, u64>,
+    join_ms: u128,
+    join_moved: u64,
+    join_ring: BTreeMap<String, u64>,
+    kill_to_down_ms: u128,
+    restart_to_settled_ms: u128,
+    stop_to_down_ms: u128,
+    cont_to_up_ms: u128,
+    leave_ms: u128,
+    leave_moved: u64,
+    leaver_had: u64,
+    leave_ring: BTreeMap<String, u64>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scenario_under_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let test_started = Instant::now();
+    let seed: u64 = std::env::var("STOCKRING_CLUSTER_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    let cluster = TestCluster::new(spec(&["n1", "n2", "n3", "n4"]));
+    // n4 is the joiner and, as a non-seed, the one that is decommissioned; n2 is killed, n3
+    // stopped. n1 observes.
+    let (joiner, killed, stopped, observer) = ("n4", "n2", "n3", "n1");
+    assert!(!cluster.is_seed(joiner), "the joiner must not be a seed");
+    println!(
+        "cluster test: seeds {:?}, vnodes {VNODES}, client seed {seed} \
+         (STOCKRING_CLUSTER_TEST_SEED to replay), dir {}",
+        cluster.spec.seeds,
+        cluster.dir.path().display()
+    );
+    let mut fig = Figures::default();
+    let v = u64::from(VNODES);
+
+    // 1. Three nodes, balanced.
+    start_nodes(&cluster, &["n1", "n2", "n3"]).await;
+    let (status, _) = cluster
+        .wait_status(observer, "n1..n3 up and balanced", CONVERGE, |s| {
+            balanced_over(s, &["n1", "n2", "n3"])
+        })
+        .await;
+    fig.initial_ring = ownership(&status);
+    println!(
+        "3 nodes balanced after {:?}: {:?}",
+        test_started.elapsed(),
+        fig.initial_ring
+    );
+
+    let targets = Arc::new(Targets::default());
+    for n in ["n1", "n2", "n3"] {
+        targets.add(n, &cluster.base(n));
+    }
+    let stats = Arc::new(Stats::default());
+    stats.set_phase("setup");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut clients = Clients::default();
+    for k in 0..HOT_KEYS + COLD_KEYS {
+        let (sku, wh) = key_name(k);
+        let body = json!({ "on_hand": initial_stock(k), "op_id": "init" });
+        let (s, answer) = until_done(
+            &targets,
+            &stats,
+            &mut clients,
+            &mut rng,
+            Method::PUT,
+            &format!("/v1/stock/{sku}/{wh}"),
+            Some(&body),
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("setting up {sku}/{wh}: {e}"));
+        assert_eq!(s, 200, "setting up {sku}/{wh}: {answer}");
+    }
+
+    let load = Arc::new(Load {
+        targets: targets.clone(),
+        stats: stats.clone(),
+        ledger: Arc::default(),
+        stop: Arc::default(),
+    });
+    stats.set_phase("steady");
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| tokio::spawn(client(load.clone(), c, rng.gen())))
+        .collect();
+    tokio::time::sleep(SOAK).await;
+    assert_no_client_failures(&stats, "steady");
+
+    // 2. A fourth node joins.
+    stats.set_phase("join");
+    let before = sum_metric(&cluster, &["n1", "n2", "n3"], "stockring_handoffs_total").await;
+    let started = Instant::now();
+    cluster.spawn(joiner);
+    cluster.wait_ready(joiner, CONVERGE).await;
+    targets.add(joiner, &cluster.base(joiner));
+    let all4 = ["n1", "n2", "n3", "n4"];
+    let (status, _) = cluster
+        .wait_status(observer, "the joiner up, n1..n4 balanced", CONVERGE, |s| {
+            balanced_over(s, &all4)
+        })
+        .await;
+    fig.join_ms = started.elapsed().as_millis();
+    fig.join_ring = ownership(&status);
+    fig.join_moved = sum_metric(&cluster, &all4, "stockring_handoffs_total").await - before;
+    println!(
+        "join: {joiner} balanced after {} ms; vnodes moved {} (ideal V/N = {}); ring {:?}",
+        fig.join_ms,
+        fig.join_moved,
+        v / 4,
+        fig.join_ring
+    );
+    assert!(
+        fig.join_moved <= v.div_ceil(4) + MOVE_SLACK,
+        "the join moved {} vnodes; ideal {}",
+        fig.join_moved,
+        v / 4
+    );
+    assert!(
+        fig.join_moved >= vnodes_of(&status, joiner),
+        "the joiner owns more vnodes than were handed to it"
+    );
+    tokio::time::sleep(SOAK).await;
+    assert_no_client_failures(&stats, "join");
+
+    // 3. kill -9 and restart on the same data dir.
+    stats.set_phase("kill-9");
+    let before_ring = fig.join_ring.clone();
+    let others: Vec<&str> = all4.iter().copied().filter(|n| *n != killed).collect();
+    let before = sum_metric(&cluster, &others, "stockring_handoffs_total").await;
+    targets.remove_and_drain(killed).await;
+    let killed_at = Instant::now();
+    cluster.kill9(killed);
+    cluster
+        .wait_status(observer, "the killed node down", CONVERGE, |s| {
+            member_state(s, killed).as_deref() == Some("down")
+        })
+        .await;
+    fig.kill_to_down_ms = killed_at.elapsed().as_millis();
+    let restarted = Instant::now();
+    cluster.spawn(killed);
+    cluster.wait_ready(killed, CONVERGE).await;
+    targets.add(killed, &cluster.base(killed));
+    let (status, _) = cluster
+        .wait_status(
+            observer,
+            "the restarted node up, ring as before the kill",
+            CONVERGE,
+            |s| balanced_over(s, &all4) && ownership(s) == before_ring,
+        )
+        .await;
+    fig.restart_to_settled_ms = restarted.elapsed().as_millis();
+    let moved = sum_metric(&cluster, &all4, "stockring_handoffs_total").await - before;
+    println!(
+        "kill -9 {killed}: down after {} ms; restarted, up with the same {} vnodes after {} ms; \
+         vnodes moved meanwhile {moved}",
+        fig.kill_to_down_ms,
+        vnodes_of(&status, killed),
+        fig.restart_to_settled_ms
+    );
+    assert_eq!(moved, 0, "vnodes moved around a kill -9 and restart");
+    tokio::time::sleep(SOAK).await;
+    assert_no_client_failures(&stats, "kill-9");
+
+    // 4. SIGSTOP: down; SIGCONT: up.
+    stats.set_phase("sigstop");
+    targets.remove_and_drain(stopped).await;
+    let stopped_at = Instant::now();
+    cluster.sigstop(stopped);
+    let (_, took) = cluster
+        .wait_status(observer, "the stopped node down", CONVERGE, |s| {
+            member_state(s, stopped).as_deref() == Some("down")
+        })
+        .await;
+    fig.stop_to_down_ms = took.as_millis();
+    println!(
+        "SIGSTOP {stopped}: down after {} ms (heartbeat {} ms x {} missed)",
+        fig.stop_to_down_ms, cluster.spec.heartbeat_ms, cluster.spec.down_after_missed
+    );
+    // Keep it stopped a little, so the cluster serves (and refuses retryably) without it.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let _ = stopped_at;
+    let continued = Instant::now();
+    cluster.sigcont(stopped);
+    let (status, _) = cluster
+        .wait_status(observer, "the continued node up again", CONVERGE, |s| {
+            balanced_over(s, &all4) && ownership(s) == before_ring
+        })
+        .await;
+    fig.cont_to_up_ms = continued.elapsed().as_millis();
+    println!(
+        "SIGCONT {stopped}: up after {} ms, vnodes {}",
+        fig.cont_to_up_ms,
+        vnodes_of(&status, stopped)
+    );
+    cluster.wait_ready(stopped, CONVERGE).await;
+    targets.add(stopped, &cluster.base(stopped));
+    tokio::time::sleep(SOAK).await;
+    assert_no_client_failures(&stats, "sigstop");
+
+    // 5. Decommission the non-seed.
+    stats.set_phase("leave");
+    let remaining: Vec<&str> = all4.iter().copied().filter(|n| *n != joiner).collect();
+    let before = sum_metric(&cluster, &remaining, "stockring_handoffs_total").await;
+    fig.leaver_had = vnodes_of(&status, joiner);
+    targets.remove_and_drain(joiner).await;
+    let leave_started = Instant::now();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/v1/cluster/leave", cluster.base(observer)))
+        .json(&json!({ "node": joiner }))
+        .send()
+        .await
+        .expect("leave request");
+    let code = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(code, 202, "leave {joiner}: {body}");
+    let exit = cluster.wait_exit(joiner, CONVERGE).await;
+    assert!(exit.success(), "{joiner} exited with {exit} after leaving");
+    let (status, _) = cluster
+        .wait_status(observer, "the leaver gone, the rest balanced", CONVERGE, |s| {
+            balanced_over(s, &remaining)
+                && member_state(s, joiner).as_deref() == Some("left")
+                && vnodes_of(s, joiner) == 0
+        })
+        .await;
+    fig.leave_ms = leave_started.elapsed().as_millis();
+    fig.leave_ring = ownership(&status);
+    fig.leave_moved = sum_metric(&cluster, &remaining, "stockring_handoffs_total").await - before;
+    println!(
+        "leave {joiner}: exited 0 and the ring settled after {} ms; vnodes moved {} \
+         ({joiner} held {}, ideal V/N = {}); ring {:?}",
+        fig.leave_ms,
+        fig.leave_moved,
+        fig.leaver_had,
+        v / 4,
+        fig.leave_ring
+    );
+    assert!(
+        fig.leave_moved >= fig.leaver_had && fig.leave_moved <= fig.leaver_had + MOVE_SLACK,
+        "the leave moved {} vnodes; the leaver held {}",
+        fig.leave_moved,
+        fig.leaver_had
+    );
+    tokio::time::sleep(SOAK).await;
+    assert_no_client_failures(&stats, "leave");
+
+    // The clients finish their current operation and stop.
+    stats.set_phase("drain");
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(cluster_support::OP_PATIENCE * 2, t)
+            .await
+            .expect("clients did not stop")
+            .expect("client task panicked");
+    }
+    assert_no_client_failures(&stats, "drain");
+    assert_eq!(
+        moves_in_progress(&cluster.status(observer).await.expect("status")),
+        0
+    );
+
+    // Check from the outside.
+    stats.set_phase("verify");
+    let ledger = std::mem::take(&mut *load.ledger.lock().unwrap());
+    verify(&targets, &stats, &ledger, &remaining, seed).await;
+
+    let counts = stats.counts();
+    println!("client outcomes per phase:");
+    for ((phase, outcome), n) in &counts {
+        println!("  {phase:<8} {outcome:<28} {n}");
+    }
+    let retryable = stats.total(|o| o.starts_with("503"));
+    let ok = stats.total(|o| o == "2xx");
+    let business = stats.total(|o| o.starts_with("409"));
+    println!(
+        "totals: 2xx {ok}, business 409 {business}, retryable 503 {retryable}, \
+         acked reservations {}, refused (insufficient_stock) {}, retries answered by replay {}",
+        ledger.acked.len(),
+        ledger.refused,
+        ledger.replays_on_retry
+    );
+    println!("figures: {fig:#?}");
+    println!("scenario took {:?}", test_started.elapsed());
+    assert!(
+        ledger.refused > 0,
+        "the hot keys never ran out: the load did not exercise insufficient_stock"
+    );
+    assert!(
+        ledger.acked.len() > 100,
+        "too little load to mean anything"
+    );
+}
+
+/// Every acknowledged reservation replays with its first answer; every key holds exactly what
+/// the acknowledged operations account for, identically through every node.
+async fn verify(
+    targets: &Arc<Targets>,
+    stats: &Arc<Stats>,
+    ledger: &Ledger,
+    nodes: &[&str],
+    seed: u64,
+) {
+    let started = Instant::now();
+    let acked: Vec<(usize, u64, String, Value)> = ledger
+        .acked
+        .iter()
+        .map(|a| (a.key, a.qty, a.id.clone(), a.answer.clone()))
+        .collect();
+    let chunks: Vec<Vec<(usize, u64, String, Value)>> = acked
+        .chunks(acked.len().div_ceil(8).max(1))
+        .map(<[_]>::to_vec)
+        .collect();
+    let checkers: Vec<_> = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let (targets, stats) = (targets.clone(), stats.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed ^ i as u64);
+                let mut clients = Clients::default();
+                let mut errors = Vec::new();
+                for (key, qty, id, first) in chunk {
+                    let body = reserve_body(key, &id, qty);
+                    match until_done(
+                        &targets,
+                        &stats,
+                        &mut clients,
+                        &mut rng,
+                        Method::POST,
+                        "/v1/reservations",
+                        Some(&body),
+                        None,
+                    )
+                    .await
+                    {
+                        Ok((200, answer)) if answer == first => {}
+                        Ok((s, answer)) => errors.push(format!(
+                            "acknowledged reservation {id} replays as {s} {answer}, first {first}"
+                        )),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for c in checkers {
+        errors.extend(c.await.expect("checker panicked"));
+    }
+    assert!(
+        errors.is_empty(),
+        "{} acknowledged reservation(s) did not replay; first: {:#?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut clients = Clients::default();
+    for k in 0..HOT_KEYS + COLD_KEYS {
+        let (sku, wh) = key_name(k);
+        let mine = ledger.acked.iter().filter(|a| a.key == k);
+        let committed: u64 = mine
+            .clone()
+            .filter(|a| a.state == Hold::Committed)
+            .map(|a| a.qty)
+            .sum();
+        let held: u64 = mine
+            .filter(|a| a.state == Hold::Held)
+            .map(|a| a.qty)
+            .sum();
+        let received = ledger.received.get(&k).copied().unwrap_or(0);
+        let want_on_hand = initial_stock(k) + received - committed;
+        let mut seen: Option<(String, Value)> = None;
+        for n in nodes {
+            let (s, view) = until_done(
+                targets,
+                stats,
+                &mut clients,
+                &mut rng,
+                Method::GET,
+                &format!("/v1/stock/{sku}/{wh}"),
+                None,
+                Some(n),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("reading {sku}/{wh} through {n}: {e}"));
+            assert_eq!(s, 200, "{sku}/{wh} through {n}: {view}");
+            let (on_hand, reserved, available) = (
+                view["on_hand"].as_u64().expect("on_hand"),
+                view["reserved"].as_u64().expect("reserved"),
+                view["available"].as_i64().expect("available"),
+            );
+            assert_eq!(
+                on_hand, want_on_hand,
+                "{sku}/{wh} through {n}: on_hand {on_hand} != initial {} + received {received} \
+                 - committed {committed}; {view}",
+                initial_stock(k)
+            );
+            assert_eq!(
+                reserved, held,
+                "{sku}/{wh} through {n}: reserved {reserved} != acknowledged holds {held}; {view}"
+            );
+            assert!(reserved <= on_hand, "oversold {sku}/{wh}: {view}");
+            assert!(available >= 0, "negative available on {sku}/{wh}: {view}");
+            match &seen {
+                Some((first, v)) => assert_eq!(
+                    v, &view,
+                    "{sku}/{wh} reads differently through {first} and {n}"
+                ),
+                None => seen = Some((n.to_string(), view)),
+            }
+        }
+    }
+    println!(
+        "verified {} acknowledged reservations and {} keys through {nodes:?} in {:?}",
+        ledger.acked.len(),
+        HOT_KEYS + COLD_KEYS,
+        started.elapsed()
+    );
+}
