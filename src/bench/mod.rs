@@ -92,6 +92,13 @@ pub struct BenchArgs {
     /// No progress bar and no summary; print only the JSON line
     #[arg(long)]
     pub json_only: bool,
+    /// Name the keys with this id instead of a random one (to drive load at keys an earlier
+    /// run seeded; see --skip-seed).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Do not seed the keys' stock first (they were seeded by an earlier run with --run-id).
+    #[arg(long)]
+    pub skip_seed: bool,
 }
 
 /// Runs one bench and prints its summary and JSON line to stdout.
@@ -102,10 +109,15 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
     let api = Api::new(&args.target, args.clients)?;
-    let run_id = format!("{:08x}", rand::random::<u32>());
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
     let (skus, on_hand, picker, budget) = shape(&args, &run_id)?;
 
-    workload::seed(&api, &run_id, &skus, on_hand, args.clients).await?;
+    if !args.skip_seed {
+        workload::seed(&api, &run_id, &skus, on_hand, args.clients).await?;
+    }
 
     let done = Arc::new(AtomicU64::new(0));
     let total = match budget {

@@ -29,6 +29,8 @@ fn args(target: String, workload: Workload) -> BenchArgs {
         attempts: 400,
         zipf_s: 1.1,
         json_only: true,
+        run_id: None,
+        skip_seed: false,
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-const MAP_POLL: Duration = Duration::from_millis(200);
+const MAP_POLL: Duration = Duration::from_millis(100);
 const LEAD_PERIOD: Duration = Duration::from_millis(250);
 
 /// Seeds: every state the local Raft applies becomes this node's map.
@@ -109,8 +109,10 @@ pub(super) async fn lead(cluster: Arc<Cluster>) {
     let Some(plane) = cluster.control.clone() else {
         return;
     };
+    let mut states = plane.subscribe();
     loop {
-        tokio::time::sleep(LEAD_PERIOD).await;
+        // Every applied change (a commit frees a move slot) or a tick, whichever first.
+        let _ = tokio::time::timeout(LEAD_PERIOD, states.changed()).await;
         if !plane.is_leader().await {
             continue;
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Incoming moves worked on at once by one node.
-const PARALLEL_MOVES: usize = 8;
+const PARALLEL_MOVES: usize = 32;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Target side: runs the receiver's effects as they become due.

@@ -1,76 +1,46 @@
-//! TEMPORARY single-seed stand-in (not committed): lets the shell compile until the openraft
-//! control plane lands.
-use super::control::{ControlCommand, ControlResponse, ControlState};
-use futures::future::BoxFuture;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::watch;
+//! The control plane: Raft (openraft 0.9) on the seeds, with [`ControlState`] as its state
+//! machine and SQLite (`raft.db` in the node's data dir) as its disk.
+//!
+//! - `store`: the log, the vote, the committed and purged log ids (durable before openraft is
+//!   told they are);
+//! - `state_machine`: the applied `ControlState`, written in the same transaction as each apply
+//!   batch, and its snapshots;
+//! - `network`: openraft's RPCs over a [`RaftTransport`] (ractor_cluster on a real node, memory
+//!   in tests);
+//! - `plane`: [`ControlPlane`], the façade the rest of the node calls.
+//!
+//! Seeds are named; a seed's Raft node id is the stable hash of its name, and its
+//! `BasicNode::addr` holds the name (the transport resolves names to connections).
+//!
+//! [`ControlState`]: super::control::ControlState
 
-pub trait RaftTransport: Send + Sync + 'static {
-    fn call(
-        &self,
-        target: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
-}
+mod network;
+mod plane;
+mod state_machine;
+mod store;
+#[cfg(test)]
+mod tests;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("not the leader")]
-    NotLeader { leader: Option<String> },
-    #[error("raft: {0}")]
-    Raft(String),
-}
+use super::control::{ControlCommand, ControlResponse};
+use std::io::Cursor;
 
-pub struct ControlPlane {
-    me: String,
-    state: Mutex<ControlState>,
-    tx: watch::Sender<Arc<ControlState>>,
-}
+pub use network::RaftTransport;
+pub use plane::{ControlError, ControlPlane};
 
-impl ControlPlane {
-    pub async fn start(
-        _d: &Path,
-        me: &str,
-        _s: &[String],
-        _t: Arc<dyn RaftTransport>,
-    ) -> Result<Self, ControlError> {
-        Ok(Self {
-            me: me.into(),
-            state: Mutex::default(),
-            tx: watch::channel(Arc::default()).0,
-        })
-    }
-    pub async fn initialize_if_first(&self) -> Result<(), ControlError> {
-        Ok(())
-    }
-    pub fn state(&self) -> Arc<ControlState> {
-        self.tx.borrow().clone()
-    }
-    pub fn subscribe(&self) -> watch::Receiver<Arc<ControlState>> {
-        self.tx.subscribe()
-    }
-    pub async fn propose(&self, cmd: ControlCommand) -> Result<ControlResponse, ControlError> {
-        let mut s = self.state.lock().unwrap();
-        let r = s.apply(&cmd);
-        self.tx.send_replace(Arc::new(s.clone()));
-        Ok(r)
-    }
-    pub async fn is_leader(&self) -> bool {
-        true
-    }
-    pub fn leader(&self) -> Option<String> {
-        Some(self.me.clone())
-    }
-    pub fn term(&self) -> u64 {
-        1
-    }
-    pub fn commit_index(&self) -> u64 {
-        self.state.lock().unwrap().version
-    }
-    pub async fn handle_rpc(&self, _p: &[u8]) -> Vec<u8> {
-        Vec::new()
-    }
+/// A seed's Raft node id.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the control plane.
+    pub TypeConfig:
+        D = ControlCommand,
+        R = ControlResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// The Raft node id of the seed named `name`: stable across versions and machines.
+pub fn node_id(name: &str) -> NodeId {
+    super::ring::hash_name(name)
 }
