@@ -21,13 +21,14 @@
 //! The seed set (the Raft group) is a parameter: `STOCKRING_CLUSTER_TEST_SEEDS=n1` or
 //! `n1,n2,n3` (the default is `DEFAULT_SEEDS`). Nodes that are not seeds join.
 //! `STOCKRING_CLUSTER_TEST_SEED` replays the clients' random choices; on failure every node's
-//! `/v1/cluster` and log tail are printed (`STOCKRING_KEEP_CLUSTER_DIR=1` keeps the files).
+//! `/v1/cluster` and log tail are printed; `STOCKRING_KEEP_CLUSTER_DIR=1` keeps configs, data and
+//! logs.
 
 mod cluster_support;
 
 use cluster_support::{
-    balanced_over, member_state, moves_in_progress, ownership, until_done, vnodes_of,
-    ClusterSpec, Clients, Stats, Targets, TestCluster,
+    balanced_over, member_state, moves_in_progress, ownership, until_done, vnodes_of, Clients,
+    ClusterSpec, Stats, Targets, TestCluster,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The Raft group unless `STOCKRING_CLUSTER_TEST_SEEDS` says otherwise.
-const DEFAULT_SEEDS: &[&str] = &["n1"];
+const DEFAULT_SEEDS: &[&str] = &["n1", "n2", "n3"];
 const VNODES: u32 = 64;
 const CONVERGE: Duration = Duration::from_secs(60);
 /// Vnodes a join or leave may move beyond the ideal (ceil(V/N)).
@@ -48,7 +49,7 @@ const MOVE_SLACK: u64 = 2;
 const CLIENTS: usize = 6;
 const HOT_KEYS: usize = 3;
 const COLD_KEYS: usize = 24;
-const HOT_STOCK: u64 = 40;
+const HOT_STOCK: u64 = 20;
 const COLD_STOCK: u64 = 1_000_000;
 /// Long enough that nothing expires during the test: replays must find every hold.
 const TTL_MS: u64 = 600_000;
@@ -56,7 +57,7 @@ const TTL_MS: u64 = 600_000;
 const SOAK: Duration = Duration::from_secs(2);
 
 /// The cluster tests start several processes each: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn seeds() -> Vec<String> {
     match std::env::var("STOCKRING_CLUSTER_TEST_SEEDS") {
@@ -85,8 +86,7 @@ fn spec(nodes: &[&str]) -> ClusterSpec {
 /// Starts `names`: the seeds first, all at once (a Raft group needs a quorum before anything
 /// is ready), then the others (joins). Waits until each is ready.
 async fn start_nodes(cluster: &TestCluster, names: &[&str]) {
-    let (seeds, joiners): (Vec<&str>, Vec<&str>) =
-        names.iter().partition(|n| cluster.is_seed(n));
+    let (seeds, joiners): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| cluster.is_seed(n));
     for group in [seeds, joiners] {
         for n in &group {
             cluster.spawn(n);
@@ -163,7 +163,7 @@ async fn client(load: Arc<Load>, c: usize, seed: u64) {
         if rng.gen_bool(0.05) {
             let k = rng.gen_range(0..HOT_KEYS);
             let (sku, wh) = key_name(k);
-            let qty = rng.gen_range(5..=15u64);
+            let qty = rng.gen_range(3..=8u64);
             let body = json!({ "qty": qty, "op_id": format!("rcpt-{c}-{n}") });
             let path = format!("/v1/stock/{sku}/{wh}/receipts");
             match until_done(
@@ -268,6 +268,79 @@ async fn client(load: Arc<Load>, c: usize, seed: u64) {
     }
 }
 
+/// The node to kill or stop, a node to watch it from, and whether it is the Raft leader. The
+/// leader when the seeds keep a quorum without it (the harder case: the control plane fails
+/// over too), else `fallback`, which must not be a seed.
+async fn victim(cluster: &TestCluster, fallback: &str) -> (String, String, bool) {
+    let leader_may_go = cluster.spec.seeds.len() >= 3;
+    let status = cluster.status("n1").await.expect("status of n1");
+    let leader = status["raft"]["leader"].as_str().map(str::to_owned);
+    let chosen = match &leader {
+        Some(l) if leader_may_go => l.clone(),
+        _ => fallback.to_owned(),
+    };
+    assert!(
+        leader_may_go || !cluster.is_seed(&chosen),
+        "with fewer than 3 seeds the victim must not be a seed"
+    );
+    let observer = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != chosen)
+        .expect("an observer")
+        .to_owned();
+    let is_leader = leader.as_deref() == Some(chosen.as_str());
+    (chosen, observer, is_leader)
+}
+
+fn leader_note(is_leader: bool) -> &'static str {
+    if is_leader {
+        " (the Raft leader)"
+    } else {
+        ""
+    }
+}
+
+/// `stockring_handoffs_total` summed over `nodes`, once it is at least `at_least` (a target
+/// counts its handoff just after the commit that the observer may already have seen), or
+/// whatever it is after a few seconds.
+async fn handoffs_at_least(cluster: &TestCluster, nodes: &[&str], at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = sum_metric(cluster, nodes, "stockring_handoffs_total").await;
+        if n >= at_least || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `POST /v1/cluster/leave` until it is accepted (202); a 503 (no control-plane leader
+/// reachable yet) is retried.
+async fn leave(cluster: &TestCluster, via: &str, node: &str) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let resp = http
+            .post(format!("{}/v1/cluster/leave", cluster.base(via)))
+            .json(&json!({ "node": node }))
+            .send()
+            .await
+            .expect("leave request");
+        let code = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        match code {
+            202 => return,
+            503 if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => panic!("leave {node} through {via}: {code} {body}"),
+        }
+    }
+}
+
 /// Sum of a counter over the given running nodes.
 async fn sum_metric(cluster: &TestCluster, nodes: &[&str], metric: &str) -> u64 {
     let mut total = 0.0;
@@ -306,16 +379,17 @@ struct Figures {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scenario_under_load() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let test_started = Instant::now();
     let seed: u64 = std::env::var("STOCKRING_CLUSTER_TEST_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random);
     let cluster = TestCluster::new(spec(&["n1", "n2", "n3", "n4"]));
-    // n4 is the joiner and, as a non-seed, the one that is decommissioned; n2 is killed, n3
-    // stopped. n1 observes.
-    let (joiner, killed, stopped, observer) = ("n4", "n2", "n3", "n1");
+    // n4 joins and, as the non-seed, is the one decommissioned at the end. The nodes killed and
+    // stopped are picked when their phase starts: the Raft leader if the seeds keep a quorum
+    // without it, else a node that is not a seed.
+    let (joiner, observer) = ("n4", "n1");
     assert!(!cluster.is_seed(joiner), "the joiner must not be a seed");
     println!(
         "cluster test: seeds {:?}, vnodes {VNODES}, client seed {seed} \
@@ -394,7 +468,8 @@ async fn cluster_scenario_under_load() {
         .await;
     fig.join_ms = started.elapsed().as_millis();
     fig.join_ring = ownership(&status);
-    fig.join_moved = sum_metric(&cluster, &all4, "stockring_handoffs_total").await - before;
+    fig.join_moved =
+        handoffs_at_least(&cluster, &all4, before + vnodes_of(&status, joiner)).await - before;
     println!(
         "join: {joiner} balanced after {} ms; vnodes moved {} (ideal V/N = {}); ring {:?}",
         fig.join_ms,
@@ -418,6 +493,8 @@ async fn cluster_scenario_under_load() {
     // 3. kill -9 and restart on the same data dir.
     stats.set_phase("kill-9");
     let before_ring = fig.join_ring.clone();
+    let (killed, observer, was_leader) = victim(&cluster, "n2").await;
+    let (killed, observer) = (killed.as_str(), observer.as_str());
     let others: Vec<&str> = all4.iter().copied().filter(|n| *n != killed).collect();
     let before = sum_metric(&cluster, &others, "stockring_handoffs_total").await;
     targets.remove_and_drain(killed).await;
@@ -444,11 +521,13 @@ async fn cluster_scenario_under_load() {
     fig.restart_to_settled_ms = restarted.elapsed().as_millis();
     let moved = sum_metric(&cluster, &all4, "stockring_handoffs_total").await - before;
     println!(
-        "kill -9 {killed}: down after {} ms; restarted, up with the same {} vnodes after {} ms; \
-         vnodes moved meanwhile {moved}",
+        "kill -9 {killed}{}: down after {} ms; restarted, up with the same {} vnodes after {} ms; \
+         vnodes moved meanwhile {moved}; Raft leader now {}",
+        leader_note(was_leader),
         fig.kill_to_down_ms,
         vnodes_of(&status, killed),
-        fig.restart_to_settled_ms
+        fig.restart_to_settled_ms,
+        status["raft"]["leader"]
     );
     assert_eq!(moved, 0, "vnodes moved around a kill -9 and restart");
     tokio::time::sleep(SOAK).await;
@@ -456,8 +535,9 @@ async fn cluster_scenario_under_load() {
 
     // 4. SIGSTOP: down; SIGCONT: up.
     stats.set_phase("sigstop");
+    let (stopped, observer, was_leader) = victim(&cluster, "n3").await;
+    let (stopped, observer) = (stopped.as_str(), observer.as_str());
     targets.remove_and_drain(stopped).await;
-    let stopped_at = Instant::now();
     cluster.sigstop(stopped);
     let (_, took) = cluster
         .wait_status(observer, "the stopped node down", CONVERGE, |s| {
@@ -466,12 +546,14 @@ async fn cluster_scenario_under_load() {
         .await;
     fig.stop_to_down_ms = took.as_millis();
     println!(
-        "SIGSTOP {stopped}: down after {} ms (heartbeat {} ms x {} missed)",
-        fig.stop_to_down_ms, cluster.spec.heartbeat_ms, cluster.spec.down_after_missed
+        "SIGSTOP {stopped}{}: down after {} ms (heartbeat {} ms x {} missed)",
+        leader_note(was_leader),
+        fig.stop_to_down_ms,
+        cluster.spec.heartbeat_ms,
+        cluster.spec.down_after_missed
     );
     // Keep it stopped a little, so the cluster serves (and refuses retryably) without it.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let _ = stopped_at;
     let continued = Instant::now();
     cluster.sigcont(stopped);
     let (status, _) = cluster
@@ -481,9 +563,10 @@ async fn cluster_scenario_under_load() {
         .await;
     fig.cont_to_up_ms = continued.elapsed().as_millis();
     println!(
-        "SIGCONT {stopped}: up after {} ms, vnodes {}",
+        "SIGCONT {stopped}: up after {} ms, vnodes {}; Raft leader now {}",
         fig.cont_to_up_ms,
-        vnodes_of(&status, stopped)
+        vnodes_of(&status, stopped),
+        status["raft"]["leader"]
     );
     cluster.wait_ready(stopped, CONVERGE).await;
     targets.add(stopped, &cluster.base(stopped));
@@ -492,33 +575,31 @@ async fn cluster_scenario_under_load() {
 
     // 5. Decommission the non-seed.
     stats.set_phase("leave");
+    let observer = "n1";
     let remaining: Vec<&str> = all4.iter().copied().filter(|n| *n != joiner).collect();
     let before = sum_metric(&cluster, &remaining, "stockring_handoffs_total").await;
     fig.leaver_had = vnodes_of(&status, joiner);
     targets.remove_and_drain(joiner).await;
     let leave_started = Instant::now();
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{}/v1/cluster/leave", cluster.base(observer)))
-        .json(&json!({ "node": joiner }))
-        .send()
-        .await
-        .expect("leave request");
-    let code = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    assert_eq!(code, 202, "leave {joiner}: {body}");
+    leave(&cluster, observer, joiner).await;
     let exit = cluster.wait_exit(joiner, CONVERGE).await;
     assert!(exit.success(), "{joiner} exited with {exit} after leaving");
     let (status, _) = cluster
-        .wait_status(observer, "the leaver gone, the rest balanced", CONVERGE, |s| {
-            balanced_over(s, &remaining)
-                && member_state(s, joiner).as_deref() == Some("left")
-                && vnodes_of(s, joiner) == 0
-        })
+        .wait_status(
+            observer,
+            "the leaver gone, the rest balanced",
+            CONVERGE,
+            |s| {
+                balanced_over(s, &remaining)
+                    && member_state(s, joiner).as_deref() == Some("left")
+                    && vnodes_of(s, joiner) == 0
+            },
+        )
         .await;
     fig.leave_ms = leave_started.elapsed().as_millis();
     fig.leave_ring = ownership(&status);
-    fig.leave_moved = sum_metric(&cluster, &remaining, "stockring_handoffs_total").await - before;
+    fig.leave_moved =
+        handoffs_at_least(&cluster, &remaining, before + fig.leaver_had).await - before;
     println!(
         "leave {joiner}: exited 0 and the ring settled after {} ms; vnodes moved {} \
          ({joiner} held {}, ideal V/N = {}); ring {:?}",
@@ -562,26 +643,25 @@ async fn cluster_scenario_under_load() {
     for ((phase, outcome), n) in &counts {
         println!("  {phase:<8} {outcome:<28} {n}");
     }
-    let retryable = stats.total(|o| o.starts_with("503"));
-    let ok = stats.total(|o| o == "2xx");
-    let business = stats.total(|o| o.starts_with("409"));
+    // The load only: not the setup and the verification.
+    let load_phase = |p: &str| p != "setup" && p != "verify";
+    let retryable = stats.total(|p, o| load_phase(p) && o.starts_with("503"));
+    let ok = stats.total(|p, o| load_phase(p) && o == "2xx");
+    let business = stats.total(|p, o| load_phase(p) && o.starts_with("409"));
     println!(
-        "totals: 2xx {ok}, business 409 {business}, retryable 503 {retryable}, \
+        "load totals: 2xx {ok}, business 409 {business}, retryable 503 {retryable}, \
          acked reservations {}, refused (insufficient_stock) {}, retries answered by replay {}",
         ledger.acked.len(),
         ledger.refused,
         ledger.replays_on_retry
     );
-    println!("figures: {fig:#?}");
+    println!("figures: {fig:?}");
     println!("scenario took {:?}", test_started.elapsed());
     assert!(
         ledger.refused > 0,
         "the hot keys never ran out: the load did not exercise insufficient_stock"
     );
-    assert!(
-        ledger.acked.len() > 100,
-        "too little load to mean anything"
-    );
+    assert!(ledger.acked.len() > 100, "too little load to mean anything");
 }
 
 /// Every acknowledged reservation replays with its first answer; every key holds exactly what
@@ -658,10 +738,7 @@ async fn verify(
             .filter(|a| a.state == Hold::Committed)
             .map(|a| a.qty)
             .sum();
-        let held: u64 = mine
-            .filter(|a| a.state == Hold::Held)
-            .map(|a| a.qty)
-            .sum();
+        let held: u64 = mine.filter(|a| a.state == Hold::Held).map(|a| a.qty).sum();
         let received = ledger.received.get(&k).copied().unwrap_or(0);
         let want_on_hand = initial_stock(k) + received - committed;
         let mut seen: Option<(String, Value)> = None;
@@ -685,7 +762,8 @@ async fn verify(
                 view["available"].as_i64().expect("available"),
             );
             assert_eq!(
-                on_hand, want_on_hand,
+                on_hand,
+                want_on_hand,
                 "{sku}/{wh} through {n}: on_hand {on_hand} != initial {} + received {received} \
                  - committed {committed}; {view}",
                 initial_stock(k)
@@ -711,4 +789,311 @@ async fn verify(
         HOT_KEYS + COLD_KEYS,
         started.elapsed()
     );
+}
+
+/// One request with a few retries on retryable 503s; the definitive (status, body).
+async fn call(method: Method, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + cluster_support::OP_PATIENCE;
+    loop {
+        match cluster_support::send_once(&http, method.clone(), url, body).await {
+            Ok(cluster_support::Reply::Done(status, value)) => return (status, value),
+            Ok(cluster_support::Reply::Retry { code, after_ms }) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{method} {url}: still 503 {code}"
+                );
+                tokio::time::sleep(Duration::from_millis(after_ms.clamp(5, 200))).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The node that owns `sku/wh`: the one whose read of it is not forwarded (its
+/// `stockring_forwarded_total` does not move; nothing else runs meanwhile).
+async fn owner_of(cluster: &TestCluster, nodes: &[&str], sku: &str, wh: &str) -> String {
+    let mut owners = Vec::new();
+    for n in nodes {
+        let before = cluster.metric(n, "stockring_forwarded_total").await;
+        let url = format!("{}/v1/stock/{sku}/{wh}", cluster.base(n));
+        let (s, v) = call(Method::GET, &url, None).await;
+        assert_eq!(s, 200, "GET {url}: {v}");
+        if cluster.metric(n, "stockring_forwarded_total").await == before {
+            owners.push(n.to_string());
+        }
+    }
+    assert_eq!(
+        owners.len(),
+        1,
+        "{sku}/{wh} is served locally by {owners:?}"
+    );
+    owners.pop().expect("one owner")
+}
+
+/// The same GET through every node: identical answers; returns it.
+async fn same_everywhere(cluster: &TestCluster, nodes: &[&str], path: &str) -> Value {
+    let mut first: Option<Value> = None;
+    for n in nodes {
+        let (s, v) = call(Method::GET, &format!("{}{path}", cluster.base(n)), None).await;
+        assert_eq!(s, 200, "GET {path} through {n}: {v}");
+        match &first {
+            Some(f) => assert_eq!(f, &v, "GET {path} differs through {} and {n}", nodes[0]),
+            None => first = Some(v),
+        }
+    }
+    first.expect("at least one node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_and_orders_across_owners() {
+    let _serial = SERIAL.lock().await;
+    let nodes = ["n1", "n2", "n3"];
+    let cluster = TestCluster::new(spec(&nodes));
+    start_nodes(&cluster, &nodes).await;
+    // Every node must have the settled map before owners can be told apart.
+    for n in nodes {
+        cluster
+            .wait_status(n, "n1..n3 up and balanced", CONVERGE, |s| {
+                balanced_over(s, &nodes)
+            })
+            .await;
+    }
+    // One key owned by each node.
+    let mut owned: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..200 {
+        let sku = format!("fwd-{i}");
+        let owner = owner_of(&cluster, &nodes, &sku, "w1").await;
+        owned.entry(owner).or_insert(sku);
+        if owned.len() == nodes.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        owned.len(),
+        nodes.len(),
+        "no key found for some node: {owned:?}"
+    );
+    println!("keys by owner: {owned:?}");
+    let base = |n: &str| cluster.base(n);
+
+    // A reservation through a non-owner answers what the owner answers.
+    let sku = owned["n2"].clone();
+    let (s, v) = call(
+        Method::PUT,
+        &format!("{}/v1/stock/{sku}/w1", base("n2")),
+        Some(&json!({ "on_hand": 10, "op_id": "init" })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let forwarded = cluster.metric("n1", "stockring_forwarded_total").await;
+    let body = json!({ "sku": sku, "warehouse": "w1", "qty": 3, "reservation_id": "fwd-r1", "ttl_ms": TTL_MS });
+    let (s, first) = call(
+        Method::POST,
+        &format!("{}/v1/reservations", base("n1")),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, 201, "reserve through n1: {first}");
+    assert!(
+        cluster.metric("n1", "stockring_forwarded_total").await > forwarded,
+        "the reservation through n1 was not forwarded"
+    );
+    for n in ["n2", "n3", "n1"] {
+        let (s, again) = call(
+            Method::POST,
+            &format!("{}/v1/reservations", base(n)),
+            Some(&body),
+        )
+        .await;
+        assert_eq!((s, &again), (200, &first), "replay through {n}");
+    }
+    let mut other = body.clone();
+    other["qty"] = json!(4);
+    for n in ["n1", "n2"] {
+        let (s, v) = call(
+            Method::POST,
+            &format!("{}/v1/reservations", base(n)),
+            Some(&other),
+        )
+        .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (409, Some("id_conflict")),
+            "through {n}: {v}"
+        );
+    }
+    let big = json!({ "sku": sku, "warehouse": "w1", "qty": 100, "reservation_id": "fwd-r2", "ttl_ms": TTL_MS });
+    let (s, via_n1) = call(
+        Method::POST,
+        &format!("{}/v1/reservations", base("n1")),
+        Some(&big),
+    )
+    .await;
+    let (s2, via_n2) = call(
+        Method::POST,
+        &format!("{}/v1/reservations", base("n2")),
+        Some(&big),
+    )
+    .await;
+    assert_eq!(
+        (s, via_n1["code"].as_str()),
+        (409, Some("insufficient_stock")),
+        "{via_n1}"
+    );
+    assert_eq!(
+        (s2, &via_n2),
+        (s, &via_n1),
+        "insufficient_stock through the owner and n1"
+    );
+    let view = same_everywhere(&cluster, &nodes, &format!("/v1/stock/{sku}/w1")).await;
+    assert_eq!(
+        (view["on_hand"].as_u64(), view["reserved"].as_u64()),
+        (Some(10), Some(3)),
+        "{view}"
+    );
+    let finish = json!({ "sku": sku, "warehouse": "w1" });
+    let (s, committed) = call(
+        Method::POST,
+        &format!("{}/v1/reservations/fwd-r1/commit", base("n3")),
+        Some(&finish),
+    )
+    .await;
+    assert_eq!(s, 200, "{committed}");
+    let (s, again) = call(
+        Method::POST,
+        &format!("{}/v1/reservations/fwd-r1/commit", base("n1")),
+        Some(&finish),
+    )
+    .await;
+    assert_eq!(
+        (s, &again),
+        (200, &committed),
+        "a repeated commit through n1"
+    );
+    let (s, v) = call(
+        Method::POST,
+        &format!("{}/v1/reservations/fwd-r1/release", base("n2")),
+        Some(&finish),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("already_committed")),
+        "{v}"
+    );
+    let view = same_everywhere(&cluster, &nodes, &format!("/v1/stock/{sku}/w1")).await;
+    assert_eq!(
+        (view["on_hand"].as_u64(), view["reserved"].as_u64()),
+        (Some(7), Some(0)),
+        "{view}"
+    );
+
+    // Orders over keys owned by three different nodes are all-or-nothing.
+    let (a, b, c) = (
+        owned["n1"].clone(),
+        owned["n2"].clone(),
+        owned["n3"].clone(),
+    );
+    for (sku, stock) in [(&a, 5), (&c, 2)] {
+        let (s, v) = call(
+            Method::PUT,
+            &format!("{}/v1/stock/{sku}/w1", base("n3")),
+            Some(&json!({ "on_hand": stock, "op_id": "init" })),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // b (owned by n2) has 7 from above.
+    let line = |sku: &str, qty: u64| json!({ "sku": sku, "qty": qty, "warehouses": ["w1"] });
+    let reserved = |v: &Value| v["reserved"].as_u64().expect("reserved");
+    let unfillable = json!({ "order_id": "ord-fail", "ttl_ms": TTL_MS, "lines": [line(&a, 2), line(&b, 2), line(&c, 3)] });
+    let (s, v) = call(
+        Method::POST,
+        &format!("{}/v1/orders", base("n1")),
+        Some(&unfillable),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("insufficient_stock")),
+        "{v}"
+    );
+    assert_eq!(v["line"], 2, "the unfillable line is the third: {v}");
+    for sku in [&a, &b, &c] {
+        let view = same_everywhere(&cluster, &nodes, &format!("/v1/stock/{sku}/w1")).await;
+        assert_eq!(
+            reserved(&view),
+            0,
+            "a refused order left a hold on {sku}: {view}"
+        );
+    }
+    let order = json!({ "order_id": "ord-ok", "ttl_ms": TTL_MS, "lines": [line(&a, 2), line(&b, 2), line(&c, 2)] });
+    let (s, placed) = call(
+        Method::POST,
+        &format!("{}/v1/orders", base("n2")),
+        Some(&order),
+    )
+    .await;
+    assert_eq!(s, 201, "{placed}");
+    for l in placed["lines"].as_array().expect("lines") {
+        assert_eq!(l["allocated_warehouse"], "w1", "{placed}");
+    }
+    let (s, again) = call(
+        Method::POST,
+        &format!("{}/v1/orders", base("n3")),
+        Some(&order),
+    )
+    .await;
+    assert_eq!((s, &again), (200, &placed), "order replay through n3");
+    let got = same_everywhere(&cluster, &nodes, "/v1/orders/ord-ok").await;
+    assert_eq!(got["status"], "reserved", "{got}");
+    for sku in [&a, &b, &c] {
+        let view = same_everywhere(&cluster, &nodes, &format!("/v1/stock/{sku}/w1")).await;
+        assert_eq!(reserved(&view), 2, "{sku}: {view}");
+    }
+    // c has nothing left: this order must hold nothing on a either.
+    let short =
+        json!({ "order_id": "ord-fail2", "ttl_ms": TTL_MS, "lines": [line(&a, 1), line(&c, 1)] });
+    let (s, v) = call(
+        Method::POST,
+        &format!("{}/v1/orders", base("n3")),
+        Some(&short),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("insufficient_stock")),
+        "{v}"
+    );
+    let view = same_everywhere(&cluster, &nodes, &format!("/v1/stock/{a}/w1")).await;
+    assert_eq!(
+        reserved(&view),
+        2,
+        "a refused order left a hold on {a}: {view}"
+    );
+    let (s, done) = call(
+        Method::POST,
+        &format!("{}/v1/orders/ord-ok/commit", base("n3")),
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, done["status"].as_str()),
+        (200, Some("committed")),
+        "{done}"
+    );
+    for (sku, on_hand) in [(&a, 3), (&b, 5), (&c, 0)] {
+        let view = same_everywhere(&cluster, &nodes, &format!("/v1/stock/{sku}/w1")).await;
+        assert_eq!(
+            (view["on_hand"].as_u64(), reserved(&view)),
+            (Some(on_hand), 0),
+            "{sku} after the commit: {view}"
+        );
+    }
+    let got = same_everywhere(&cluster, &nodes, "/v1/orders/ord-ok").await;
+    assert_eq!(got["status"], "committed", "{got}");
 }

@@ -312,7 +312,10 @@ impl TestCluster {
     /// Every running node's `/v1/cluster` and the tail of every node's log, on stderr.
     /// Synchronous (plain TCP) so that it also works from `Drop` while a test panics.
     pub fn dump(&self) {
-        eprintln!("================ cluster dump ({}) ================", self.dir.path().display());
+        eprintln!(
+            "================ cluster dump ({}) ================",
+            self.dir.path().display()
+        );
         for def in self.defs.values() {
             let running = self.procs().contains_key(&def.name);
             eprintln!("---- {} (running: {running}) /v1/cluster:", def.name);
@@ -333,10 +336,10 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump();
-            if std::env::var_os("STOCKRING_KEEP_CLUSTER_DIR").is_some() {
-                let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tmp"));
-                eprintln!("keeping {}", dir.keep().display());
-            }
+        }
+        if std::env::var_os("STOCKRING_KEEP_CLUSTER_DIR").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tmp"));
+            eprintln!("keeping {}", dir.keep().display());
         }
         for (_, mut child) in std::mem::take(&mut *self.procs()) {
             let _ = child.kill();
@@ -351,7 +354,11 @@ fn raw_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
@@ -387,7 +394,9 @@ pub fn vnodes_of(status: &Value, name: &str) -> u64 {
 }
 
 pub fn moves_in_progress(status: &Value) -> usize {
-    status["moves_in_progress"].as_array().map_or(usize::MAX, Vec::len)
+    status["moves_in_progress"]
+        .as_array()
+        .map_or(usize::MAX, Vec::len)
 }
 
 /// Vnodes per member name, as one node sees the ring.
@@ -597,13 +606,13 @@ impl Stats {
         self.counts.lock().unwrap().clone()
     }
 
-    /// Total of the outcomes matching `pred`.
-    pub fn total(&self, pred: impl Fn(&str) -> bool) -> u64 {
+    /// Total of the (phase, outcome) counts matching `pred`.
+    pub fn total(&self, pred: impl Fn(&str, &str) -> bool) -> u64 {
         self.counts
             .lock()
             .unwrap()
             .iter()
-            .filter(|((_, o), _)| pred(o))
+            .filter(|((p, o), _)| pred(p, o))
             .map(|(_, n)| *n)
             .sum()
     }
