@@ -226,7 +226,10 @@ async fn cluster_cli(cmd: ClusterCommand) -> anyhow::Result<()> {
                 anyhow::bail!("leave refused ({status}): {body}");
             }
             println!("{node} is leaving; its vnodes are moving to the other nodes");
-            while !no_wait {
+            if no_wait {
+                return Ok(());
+            }
+            loop {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 let s: serde_json::Value = client
                     .get(format!("http://{http}/v1/cluster"))

@@ -243,8 +243,8 @@ async fn fence(
     cluster.gates.drained(f.vnode).await;
     let directory = cluster.node.directory().clone();
     let in_vnode = move |k: &crate::domain::StockKey| vnode_of_key(k, vnodes) == f.vnode;
-    directory.passivate_matching(&in_vnode);
-    while directory.count_matching(&in_vnode) > 0 {
+    directory.passivate_matching(in_vnode);
+    while directory.count_matching(in_vnode) > 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (done, rx) = done_channel();
