@@ -10,6 +10,7 @@
 //! events were handed to the writer.
 
 use super::stock::{StockActor, StockEnv, StockMsg};
+use crate::domain::placement::hash_key;
 use crate::domain::StockKey;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::hash_map::RandomState;
@@ -31,6 +32,9 @@ enum Slot {
     Active {
         actor: ActorRef<StockMsg>,
         last_used: Instant,
+        /// The key's placement hash (`domain::placement`), kept so that finding a vnode's
+        /// actors does not hash every key again.
+        placement: u64,
     },
     /// Told to passivate; messages wait here until it has terminated.
     Stopping { queued: Vec<StockMsg> },
@@ -85,7 +89,9 @@ impl Directory {
     pub fn route(&self, key: StockKey, msg: StockMsg) {
         let mut shard = self.shard(&key);
         match shard.get_mut(&key) {
-            Some(Slot::Active { actor, last_used }) => {
+            Some(Slot::Active {
+                actor, last_used, ..
+            }) => {
                 *last_used = Instant::now();
                 let _ = actor.send_message(msg);
             }
@@ -122,11 +128,13 @@ impl Directory {
             let _ = actor.send_message(msg);
         }
         lock(&self.by_actor).insert(actor.get_id(), key.clone());
+        let placement = hash_key(key.sku.as_str(), key.warehouse.as_str());
         shard.insert(
             key,
             Slot::Active {
                 actor,
                 last_used: Instant::now(),
+                placement,
             },
         );
         let active = self.active.fetch_add(1, Ordering::AcqRel) + 1;
@@ -203,22 +211,28 @@ impl Directory {
         all.into_iter().take(n).map(|(_, k)| k).collect()
     }
 
-    /// Passivates every actor whose key matches (a vnode handed away must leave no actor
-    /// with its state behind). Returns how many matching keys still have an actor.
-    pub fn passivate_matching(&self, matches: impl Fn(&StockKey) -> bool) -> usize {
-        let keys: Vec<StockKey> = self.all_keys().into_iter().filter(|k| matches(k)).collect();
+    /// Passivates every active actor whose key's placement hash matches (a vnode handed away
+    /// must leave no actor with its state behind). Returns those keys, for `still_alive`.
+    pub fn passivate_matching(&self, matches: impl Fn(u64) -> bool) -> Vec<StockKey> {
+        let mut keys = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            keys.extend(shard.iter().filter_map(|(k, slot)| match slot {
+                Slot::Active { placement, .. } if matches(*placement) => Some(k.clone()),
+                _ => None,
+            }));
+        }
         for key in &keys {
             self.passivate(key);
         }
-        keys.len()
+        keys
     }
 
-    /// How many matching keys have an actor (active or stopping).
-    pub fn count_matching(&self, matches: impl Fn(&StockKey) -> bool) -> usize {
-        self.shards
-            .iter()
-            .map(|s| lock(s).keys().filter(|k| matches(k)).count())
-            .sum()
+    /// How many of `keys` still have an actor (active or stopping).
+    pub fn still_alive(&self, keys: &[StockKey]) -> usize {
+        keys.iter()
+            .filter(|k| self.shard(k).contains_key(*k))
+            .count()
     }
 
     fn all_keys(&self) -> Vec<StockKey> {

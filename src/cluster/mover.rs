@@ -5,7 +5,7 @@
 use super::control::{ControlCommand, ControlResponse, Move};
 use super::handoff::{Effect, ExportDecision, ExportRequest, Phase};
 use super::node::{done_channel, Cluster};
-use super::ring::{stored_hash_range, vnode_of_key};
+use super::ring::{stored_hash_range, vnode_of_hash};
 use super::wire::{PeerReply, PeerRequest};
 use crate::persistence::{ExportCursor, ExportPage, Request, StorageError};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Incoming moves worked on at once by one node.
-const PARALLEL_MOVES: usize = 32;
+const PARALLEL_MOVES: usize = 8;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Target side: runs the receiver's effects as they become due.
@@ -240,11 +240,13 @@ async fn fence(
     f: super::handoff::Fence,
     vnodes: u32,
 ) -> Result<(), StorageError> {
+    if lock(&cluster.durable_fences).contains(&(f.vnode, f.move_id)) {
+        return Ok(()); // a later page of the same last phase
+    }
     cluster.gates.drained(f.vnode).await;
     let directory = cluster.node.directory().clone();
-    let in_vnode = move |k: &crate::domain::StockKey| vnode_of_key(k, vnodes) == f.vnode;
-    directory.passivate_matching(in_vnode);
-    while directory.count_matching(in_vnode) > 0 {
+    let keys = directory.passivate_matching(|h| vnode_of_hash(h, vnodes) == f.vnode);
+    while directory.still_alive(&keys) > 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (done, rx) = done_channel();

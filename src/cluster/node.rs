@@ -40,6 +40,8 @@ pub struct Cluster {
     pub(super) ownership: RwLock<Ownership>,
     pub(super) gates: Gates,
     pub(super) receiver: Mutex<Receiver>,
+    /// Fences this process has made durable (vnode, move id): later pages skip the drain.
+    pub(super) durable_fences: Mutex<std::collections::HashSet<(Vnode, u64)>>,
     /// Per incoming move: the change number its copy is complete up to.
     pub(super) copy_marks: Mutex<HashMap<u64, i64>>,
     forwarders: Mutex<HashMap<String, Forwarder>>,
@@ -147,6 +149,7 @@ impl Cluster {
             gates,
             receiver: Mutex::default(),
             copy_marks: Mutex::default(),
+            durable_fences: Mutex::default(),
             forwarders: Mutex::default(),
             raft_view: Mutex::default(),
             map_changed: watch::channel(0).0,
@@ -229,6 +232,7 @@ impl Cluster {
             }
         };
         for f in &resolved {
+            lock(&self.durable_fences).remove(&(f.vnode, f.move_id));
             self.gates.open(f.vnode);
             let writer = self.node.writer().clone();
             let vnode = f.vnode;

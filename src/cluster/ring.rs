@@ -45,7 +45,8 @@ pub fn stored_hash_range(vnode: Vnode, vnodes: u32) -> (i64, Option<i64>) {
 }
 
 pub fn vnode_of_key(key: &StockKey, vnodes: u32) -> Vnode {
-    vnode_of_hash(hash_name(&key.storage_name()), vnodes)
+    let hash = crate::domain::placement::hash_key(key.sku.as_str(), key.warehouse.as_str());
+    vnode_of_hash(hash, vnodes)
 }
 
 pub fn vnode_of_name(name: &str, vnodes: u32) -> Vnode {

@@ -341,10 +341,10 @@ pub fn export_orders_page(
     };
     let mut stmt = conn.prepare_cached(
         "SELECT hash, order_id, status, record, updated_at_ms FROM orders
-         WHERE hash >= ?1 AND (?2 IS NULL OR hash < ?2) AND changed > ?3
-           AND (hash, order_id) > (?4, ?5)
+         WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3 AND (hash, order_id) > (?4, ?5)
          ORDER BY hash, order_id",
     )?;
+    let hi = hi.map_or(i64::MAX, |h| h - 1); // inclusive
     let mut rows = stmt.query(params![lo, hi, since, after_hash, after_id])?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
@@ -386,12 +386,14 @@ pub fn export_page(
         Some((h, k)) => (*h, k.clone()),
         None => (lo, String::new()),
     };
+    // Spelled out so SQLite bounds the index range on both ends (an `?2 IS NULL OR` would
+    // make it scan to the end of the index).
     let mut stmt = conn.prepare_cached(
         "SELECT hash, key, version, state FROM snapshots
-         WHERE hash >= ?1 AND (?2 IS NULL OR hash < ?2) AND changed > ?3
-           AND (hash, key) > (?4, ?5)
+         WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3 AND (hash, key) > (?4, ?5)
          ORDER BY hash, key",
     )?;
+    let hi = hi.map_or(i64::MAX, |h| h - 1); // inclusive
     let mut rows = stmt.query(params![lo, hi, since, after_hash, after_key])?;
     let mut out = Vec::new();
     let mut bytes = 0usize;

@@ -6,6 +6,7 @@
 //! tells a key load which rows to read. It also gives the trim horizon: every journal row below
 //! the oldest live row of any key is covered by a snapshot and can be deleted.
 
+use crate::domain::placement::stored_hash;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ pub struct Tails {
     by_key: BTreeMap<Arc<str>, Vec<Row>>,
     /// (first live rowid, key) of every key with a tail: the oldest tails first.
     by_age: BTreeSet<(i64, Arc<str>)>,
+    /// (placement hash, key) of every key with a tail: a vnode's keys are one hash range.
+    by_hash: BTreeSet<(i64, Arc<str>)>,
     rows: u64,
 }
 
@@ -38,6 +41,7 @@ impl Tails {
         if was_empty {
             if let Some(first) = tail.first() {
                 self.by_age.insert((first.0, key.clone()));
+                self.by_hash.insert((stored_hash(key), key.clone()));
             }
         }
     }
@@ -57,20 +61,20 @@ impl Tails {
                 self.by_age.insert((next.0, k.clone()));
             }
         }
-        if !tail.is_empty() {
+        if tail.is_empty() {
+            self.by_hash.remove(&(stored_hash(&k), k));
+        } else {
             self.by_key.insert(k, tail);
         }
     }
 
     /// Keys with live rows whose placement hash (`stored_hash`) is in `[lo, hi)`.
     pub fn keys_in_hash_range(&self, (lo, hi): (i64, Option<i64>)) -> Vec<Arc<str>> {
-        self.by_key
-            .keys()
-            .filter(|k| {
-                let h = crate::domain::placement::stored_hash(k);
-                h >= lo && hi.is_none_or(|hi| h < hi)
-            })
-            .cloned()
+        let from: Arc<str> = Arc::from("");
+        self.by_hash
+            .range((lo, from)..)
+            .take_while(|(h, _)| hi.is_none_or(|hi| *h < hi))
+            .map(|(_, k)| k.clone())
             .collect()
     }
 
