@@ -28,6 +28,8 @@ use tokio::sync::{oneshot, watch};
 /// How long an operation waits for a moving vnode before the client gets a retryable 503.
 const MOVE_PATIENCE: Duration = Duration::from_secs(3);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forward messages in flight per peer; operations queued meanwhile ride in the next one.
+const FORWARD_CALLS_IN_FLIGHT: usize = 32;
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Cluster {
@@ -274,7 +276,7 @@ impl Cluster {
                 Forwarder::spawn(
                     peer.to_owned(),
                     self.transport.clone(),
-                    self.config.max_in_flight_per_peer.min(32),
+                    self.config.max_in_flight_per_peer.min(FORWARD_CALLS_IN_FLIGHT),
                     FORWARD_TIMEOUT,
                 )
             })
