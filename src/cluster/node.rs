@@ -276,7 +276,9 @@ impl Cluster {
                 Forwarder::spawn(
                     peer.to_owned(),
                     self.transport.clone(),
-                    self.config.max_in_flight_per_peer.min(FORWARD_CALLS_IN_FLIGHT),
+                    self.config
+                        .max_in_flight_per_peer
+                        .min(FORWARD_CALLS_IN_FLIGHT),
                     FORWARD_TIMEOUT,
                 )
             })
