@@ -83,7 +83,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 500,
             down_after_missed: 4,
             max_in_flight_per_peer: 256,
-            max_message_bytes: 4 << 20,
+            max_message_bytes: 16 << 20,
             max_moves: 64,
             move_timeout_ms: 30_000,
             handoff_page_bytes: 1 << 20,

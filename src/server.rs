@@ -9,6 +9,7 @@ use crate::actors::stock::StockEnv;
 use crate::actors::Node;
 use crate::api::{self, AppState};
 use crate::cluster::handoff::Fence;
+use crate::cluster::http::OrderRoute;
 use crate::cluster::node::Cluster;
 use crate::cluster::transport::{RactorTransport, TransportConfig};
 use crate::config::Config;
@@ -139,13 +140,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             }
         });
         let serving = tokio::spawn(async move { serve.await });
-        if let Some(c) = &cluster {
-            // Order recovery may touch keys anywhere: it needs the ring first.
-            while !c.has_map() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let (recovered, left) = match &cluster {
+            None => orders.recover(in_flight).await,
+            Some(c) => {
+                // Order recovery may touch keys anywhere: it needs the ring first. And it
+                // finishes only the orders this node coordinates now, inside their vnodes'
+                // gates: an order on disk here may be a copy imported by a handoff, or one
+                // whose vnode moved away (its owner finishes it).
+                while !c.has_map() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let mut inside = Vec::new();
+                let mut mine = Vec::new();
+                for order in in_flight {
+                    if let OrderRoute::Here(vnode) = c.order_route(order.order_id.as_str()) {
+                        if let Some(guard) = c.enter_gate(vnode) {
+                            inside.push(guard);
+                            mine.push(order);
+                        }
+                    }
+                }
+                let done = orders.recover(mine).await;
+                drop(inside);
+                done
             }
-        }
-        let (recovered, left) = orders.recover(in_flight).await;
+        };
         ready_node.set_ready(true);
         tracing::info!(
             recovered_orders = recovered,

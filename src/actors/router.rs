@@ -37,7 +37,10 @@ enum Slot {
         placement: u64,
     },
     /// Told to passivate; messages wait here until it has terminated.
-    Stopping { queued: Vec<StockMsg> },
+    Stopping {
+        queued: Vec<StockMsg>,
+        placement: u64,
+    },
 }
 
 pub struct Directory {
@@ -95,7 +98,7 @@ impl Directory {
                 *last_used = Instant::now();
                 let _ = actor.send_message(msg);
             }
-            Some(Slot::Stopping { queued }) => queued.push(msg),
+            Some(Slot::Stopping { queued, .. }) => queued.push(msg),
             None => self.activate(&mut shard, key, vec![msg]),
         }
         drop(shard);
@@ -144,9 +147,15 @@ impl Directory {
     fn passivate(&self, key: &StockKey) {
         let mut shard = self.shard(key);
         if let Some(slot) = shard.get_mut(key) {
-            if let Slot::Active { actor, .. } = slot {
+            if let Slot::Active {
+                actor, placement, ..
+            } = slot
+            {
                 let _ = actor.send_message(StockMsg::Passivate);
-                *slot = Slot::Stopping { queued: Vec::new() };
+                *slot = Slot::Stopping {
+                    queued: Vec::new(),
+                    placement: *placement,
+                };
                 let active = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
                 metrics::gauge!("stockring_active_actors").set(active as f64);
             }
@@ -167,7 +176,7 @@ impl Directory {
                 let active = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
                 metrics::gauge!("stockring_active_actors").set(active as f64);
             }
-            Some(Slot::Stopping { queued })
+            Some(Slot::Stopping { queued, .. })
                 if !failed && !queued.is_empty() && !self.draining.load(Ordering::Acquire) =>
             {
                 self.activate(&mut shard, key, queued);
@@ -212,27 +221,26 @@ impl Directory {
     }
 
     /// Passivates every active actor whose key's placement hash matches (a vnode handed away
-    /// must leave no actor with its state behind). Returns those keys, for `still_alive`.
-    pub fn passivate_matching(&self, matches: impl Fn(u64) -> bool) -> Vec<StockKey> {
-        let mut keys = Vec::new();
+    /// must leave no actor with its state behind). Returns how many matching actors exist,
+    /// active or stopping: call again until it is 0.
+    pub fn passivate_matching(&self, matches: impl Fn(u64) -> bool) -> usize {
+        let mut active = Vec::new();
+        let mut stopping = 0;
         for shard in &self.shards {
-            let shard = lock(shard);
-            keys.extend(shard.iter().filter_map(|(k, slot)| match slot {
-                Slot::Active { placement, .. } if matches(*placement) => Some(k.clone()),
-                _ => None,
-            }));
+            for (key, slot) in lock(shard).iter() {
+                match slot {
+                    Slot::Active { placement, .. } if matches(*placement) => {
+                        active.push(key.clone())
+                    }
+                    Slot::Stopping { placement, .. } if matches(*placement) => stopping += 1,
+                    _ => {}
+                }
+            }
         }
-        for key in &keys {
+        for key in &active {
             self.passivate(key);
         }
-        keys
-    }
-
-    /// How many of `keys` still have an actor (active or stopping).
-    pub fn still_alive(&self, keys: &[StockKey]) -> usize {
-        keys.iter()
-            .filter(|k| self.shard(k).contains_key(*k))
-            .count()
+        active.len() + stopping
     }
 
     fn all_keys(&self) -> Vec<StockKey> {

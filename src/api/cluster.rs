@@ -6,7 +6,7 @@ use super::AppState;
 use crate::cluster::control::{ControlCommand, ControlResponse};
 use crate::cluster::http::{OrderRoute, FORWARDED_HEADER};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -69,7 +69,15 @@ pub async fn route_orders(State(state): State<AppState>, req: Request, next: Nex
     let forwarded = req.headers().contains_key(FORWARDED_HEADER);
     let path = req.uri().path().to_owned();
     let method = req.method().to_string();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // The id as the handler will see it (percent-decoded), not the raw path segment.
+    let path_id =
+        axum::extract::Path::<std::collections::HashMap<String, String>>::from_request_parts(
+            &mut parts, &state,
+        )
+        .await
+        .ok()
+        .and_then(|p| p.0.get("id").cloned());
     let Ok(bytes) = axum::body::to_bytes(body, crate::limits::MAX_BODY_BYTES).await else {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -78,8 +86,8 @@ pub async fn route_orders(State(state): State<AppState>, req: Request, next: Nex
         )
         .into_response();
     };
-    let order_id = match path.strip_prefix("/v1/orders/") {
-        Some(rest) => rest.split('/').next().map(str::to_owned),
+    let order_id = match path_id {
+        Some(id) => Some(id),
         None => serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| {

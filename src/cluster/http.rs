@@ -33,6 +33,11 @@ impl Cluster {
         Some(f.await)
     }
 
+    /// Enters a vnode's gate (None while it is being handed over).
+    pub fn enter_gate(&self, vnode: super::ring::Vnode) -> Option<super::gates::Guard<'_>> {
+        self.gates.enter(vnode)
+    }
+
     pub fn order_route(&self, order_id: &str) -> OrderRoute {
         let Some(map) = self.map() else {
             return OrderRoute::Unavailable("no ring map yet");

@@ -123,6 +123,10 @@ async fn pull_pass(
             other => return Err(format!("unexpected answer {other:?}")),
         };
         first_mark.get_or_insert(changed_upto);
+        let phase = if req.last { Phase::Last } else { Phase::Copy };
+        if lock(&cluster.receiver).phase_of(mv.id) != Some(phase) || cluster.owns_now(mv.vnode) {
+            return Err("the move is no longer current here; page dropped".into());
+        }
         stored += images.len() + order_images.len();
         if !images.is_empty() || !order_images.is_empty() {
             let (done, rx) = done_channel();
@@ -245,8 +249,9 @@ async fn fence(
     }
     cluster.gates.drained(f.vnode).await;
     let directory = cluster.node.directory().clone();
-    let keys = directory.passivate_matching(|h| vnode_of_hash(h, vnodes) == f.vnode);
-    while directory.still_alive(&keys) > 0 {
+    // Until no actor of the vnode is left, active or stopping: a stopping actor's queued
+    // message (whose caller may have gone away, releasing its gate guard) re-activates one.
+    while directory.passivate_matching(|h| vnode_of_hash(h, vnodes) == f.vnode) > 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (done, rx) = done_channel();
@@ -259,6 +264,7 @@ async fn fence(
         })
         .await?;
     rx.await.map_err(|_| StorageError::WriterStopped)??;
+    lock(&cluster.durable_fences).insert((f.vnode, f.move_id));
     tracing::info!(
         vnode = f.vnode,
         move_id = f.move_id,

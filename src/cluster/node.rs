@@ -225,23 +225,28 @@ impl Cluster {
         let me = map
             .member_by_name(&self.spec.name)
             .map_or(MemberId::MAX, |m| m.id);
-        let resolved = {
+        {
+            // One critical section for the map, the gates and the receiver: an export request
+            // (which closes a gate under this lock) or a concurrent older map can then never
+            // interleave with it (a stale reopen, or a receiver fed an older map).
             let mut o = write(&self.ownership);
             o.set_me(me);
-            match o.on_map(map.clone()) {
-                Some(resolved) => resolved,
-                None => return,
+            let Some(resolved) = o.on_map(map.clone()) else {
+                return;
+            };
+            for f in &resolved {
+                lock(&self.durable_fences).remove(&(f.vnode, f.move_id));
+                self.gates.open(f.vnode);
+                let lifted = Request::DeleteFence {
+                    vnode: f.vnode,
+                    move_id: f.move_id,
+                };
+                // Best effort: a fence left on disk is resolved again by the next map.
+                let _ = self.node.writer().try_submit(lifted);
+                tracing::info!(vnode = f.vnode, move_id = f.move_id, "fence lifted");
             }
-        };
-        for f in &resolved {
-            lock(&self.durable_fences).remove(&(f.vnode, f.move_id));
-            self.gates.open(f.vnode);
-            let writer = self.node.writer().clone();
-            let vnode = f.vnode;
-            tokio::spawn(async move { writer.submit(Request::DeleteFence { vnode }).await });
-            tracing::info!(vnode = f.vnode, move_id = f.move_id, "fence lifted");
+            lock(&self.receiver).on_map(me, &map);
         }
-        lock(&self.receiver).on_map(me, &map);
         for m in map.members.values() {
             self.transport.add_peer(&m.spec.name, &m.spec.cluster_addr);
         }
@@ -255,6 +260,11 @@ impl Cluster {
             _ => {}
         }
         self.map_changed.send_modify(|v| *v += 1);
+    }
+
+    /// This node owns the vnode and may write it now.
+    pub(super) fn owns_now(&self, vnode: Vnode) -> bool {
+        matches!(read(&self.ownership).access(vnode), Access::Local { .. })
     }
 
     /// Admitted as configured (a `Left` member that starts again must join again).

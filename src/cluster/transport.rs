@@ -231,15 +231,22 @@ impl Transport for RactorTransport {
         let bytes = wire::encode(req);
         let peer = peer.to_owned();
         let too_large = bytes.len() > self.config.max_message_bytes;
+        let is_ping = matches!(req, PeerRequest::Ping { .. });
         let permits = lock(&self.peers).get(&peer).map(|p| p.permits.clone());
         Box::pin(async move {
             if too_large {
                 return Err(TransportError::TooLarge(bytes.len()));
             }
             let permits = permits.ok_or_else(|| TransportError::Unreachable(peer.clone()))?;
-            let _permit = permits
-                .try_acquire_owned()
-                .map_err(|_| TransportError::Overloaded(peer.clone()))?;
+            // Heartbeats never wait for a permit: a busy peer is not a down peer.
+            let _permit = match is_ping {
+                true => None,
+                false => Some(
+                    permits
+                        .try_acquire_owned()
+                        .map_err(|_| TransportError::Overloaded(peer.clone()))?,
+                ),
+            };
             let gw =
                 Self::gateway_of(&peer).ok_or_else(|| TransportError::Unreachable(peer.clone()))?;
             match gw

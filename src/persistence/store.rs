@@ -109,14 +109,15 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
     if found < 3 {
         // v3 (cluster): snapshots know their placement hash (a vnode's keys are one hash
         // range, see domain::placement) and when they last changed (a handoff sends what
-        // changed since its copy); fences are a source's durable promise not to write a
+        // changed since its copy; rows from before the upgrade count as change 1, so a copy,
+        // which asks for everything after 0, includes them); fences are a source's durable promise not to write a
         // vnode it is handing over.
         conn.execute_batch(
             "BEGIN;
              ALTER TABLE snapshots ADD COLUMN hash INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE snapshots ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE snapshots ADD COLUMN changed INTEGER NOT NULL DEFAULT 1;
              ALTER TABLE orders ADD COLUMN hash INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE orders ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE orders ADD COLUMN changed INTEGER NOT NULL DEFAULT 1;
              CREATE TABLE cluster_meta (
                  name TEXT PRIMARY KEY,
                  value INTEGER NOT NULL

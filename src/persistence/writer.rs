@@ -21,7 +21,7 @@ use super::store::{self, ExportCursor, KeyImage, LoadedKey, OrderImage, StorageE
 use super::tails::{Row, Tails};
 use crate::domain::order::Order;
 use crate::domain::placement::stored_hash;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -96,8 +96,10 @@ pub enum Request {
         fence: (u32, u64, u64, u64),
         done: Done,
     },
+    /// Deletes the fence of that move (not a newer one on the same vnode).
     DeleteFence {
         vnode: u32,
+        move_id: u64,
     },
     /// The newest ring map version this node accepted (never lowered).
     SetMapFloor {
@@ -380,6 +382,17 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                     }
                     let mut drop_row = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
                     for image in images {
+                        // A key's version only grows, also across owners: an image older
+                        // than what is here is a late page of a superseded move. Skip it.
+                        let stored: Option<i64> = tx
+                            .prepare_cached("SELECT version FROM snapshots WHERE key = ?1")?
+                            .query_row(params![image.key], |r| r.get(0))
+                            .optional()?;
+                        let tail = j.tails.rows_of(&image.key).last().map(|(_, v)| *v);
+                        let here = tail.unwrap_or(0).max(stored.unwrap_or(0) as u64);
+                        if image.version < here {
+                            continue;
+                        }
                         for (seq, _) in j.tails.rows_of(&image.key) {
                             drop_row.execute(params![seq])?;
                         }
@@ -410,9 +423,9 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                     )?
                     .execute(params![*version as i64])?;
                 }
-                Request::DeleteFence { vnode } => {
-                    tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1")?
-                        .execute(params![vnode])?;
+                Request::DeleteFence { vnode, move_id } => {
+                    tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1 AND move_id = ?2")?
+                        .execute(params![vnode, *move_id as i64])?;
                 }
                 Request::PutOrder {
                     order_id,
