@@ -835,10 +835,21 @@ async fn owner_of(cluster: &TestCluster, nodes: &[&str], sku: &str, wh: &str) ->
 }
 
 /// The same GET through every node: identical answers; returns it.
+/// `call` on one node of the cluster.
+async fn via(
+    cluster: &TestCluster,
+    node: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    call(method, &format!("{}{path}", cluster.base(node)), body).await
+}
+
 async fn same_everywhere(cluster: &TestCluster, nodes: &[&str], path: &str) -> Value {
     let mut first: Option<Value> = None;
     for n in nodes {
-        let (s, v) = call(Method::GET, &format!("{}{path}", cluster.base(n)), None).await;
+        let (s, v) = via(cluster, n, Method::GET, path, None).await;
         assert_eq!(s, 200, "GET {path} through {n}: {v}");
         match &first {
             Some(f) => assert_eq!(f, &v, "GET {path} differs through {} and {n}", nodes[0]),
@@ -878,22 +889,25 @@ async fn forwarding_and_orders_across_owners() {
         "no key found for some node: {owned:?}"
     );
     println!("keys by owner: {owned:?}");
-    let base = |n: &str| cluster.base(n);
 
     // A reservation through a non-owner answers what the owner answers.
     let sku = owned["n2"].clone();
-    let (s, v) = call(
+    let (s, v) = via(
+        &cluster,
+        "n2",
         Method::PUT,
-        &format!("{}/v1/stock/{sku}/w1", base("n2")),
+        &format!("/v1/stock/{sku}/w1"),
         Some(&json!({ "on_hand": 10, "op_id": "init" })),
     )
     .await;
     assert_eq!(s, 200, "{v}");
     let forwarded = cluster.metric("n1", "stockring_forwarded_total").await;
     let body = json!({ "sku": sku, "warehouse": "w1", "qty": 3, "reservation_id": "fwd-r1", "ttl_ms": TTL_MS });
-    let (s, first) = call(
+    let (s, first) = via(
+        &cluster,
+        "n1",
         Method::POST,
-        &format!("{}/v1/reservations", base("n1")),
+        "/v1/reservations",
         Some(&body),
     )
     .await;
@@ -903,23 +917,13 @@ async fn forwarding_and_orders_across_owners() {
         "the reservation through n1 was not forwarded"
     );
     for n in ["n2", "n3", "n1"] {
-        let (s, again) = call(
-            Method::POST,
-            &format!("{}/v1/reservations", base(n)),
-            Some(&body),
-        )
-        .await;
+        let (s, again) = via(&cluster, n, Method::POST, "/v1/reservations", Some(&body)).await;
         assert_eq!((s, &again), (200, &first), "replay through {n}");
     }
     let mut other = body.clone();
     other["qty"] = json!(4);
     for n in ["n1", "n2"] {
-        let (s, v) = call(
-            Method::POST,
-            &format!("{}/v1/reservations", base(n)),
-            Some(&other),
-        )
-        .await;
+        let (s, v) = via(&cluster, n, Method::POST, "/v1/reservations", Some(&other)).await;
         assert_eq!(
             (s, v["code"].as_str()),
             (409, Some("id_conflict")),
@@ -927,18 +931,8 @@ async fn forwarding_and_orders_across_owners() {
         );
     }
     let big = json!({ "sku": sku, "warehouse": "w1", "qty": 100, "reservation_id": "fwd-r2", "ttl_ms": TTL_MS });
-    let (s, via_n1) = call(
-        Method::POST,
-        &format!("{}/v1/reservations", base("n1")),
-        Some(&big),
-    )
-    .await;
-    let (s2, via_n2) = call(
-        Method::POST,
-        &format!("{}/v1/reservations", base("n2")),
-        Some(&big),
-    )
-    .await;
+    let (s, via_n1) = via(&cluster, "n1", Method::POST, "/v1/reservations", Some(&big)).await;
+    let (s2, via_n2) = via(&cluster, "n2", Method::POST, "/v1/reservations", Some(&big)).await;
     assert_eq!(
         (s, via_n1["code"].as_str()),
         (409, Some("insufficient_stock")),
@@ -956,16 +950,20 @@ async fn forwarding_and_orders_across_owners() {
         "{view}"
     );
     let finish = json!({ "sku": sku, "warehouse": "w1" });
-    let (s, committed) = call(
+    let (s, committed) = via(
+        &cluster,
+        "n3",
         Method::POST,
-        &format!("{}/v1/reservations/fwd-r1/commit", base("n3")),
+        "/v1/reservations/fwd-r1/commit",
         Some(&finish),
     )
     .await;
     assert_eq!(s, 200, "{committed}");
-    let (s, again) = call(
+    let (s, again) = via(
+        &cluster,
+        "n1",
         Method::POST,
-        &format!("{}/v1/reservations/fwd-r1/commit", base("n1")),
+        "/v1/reservations/fwd-r1/commit",
         Some(&finish),
     )
     .await;
@@ -974,9 +972,11 @@ async fn forwarding_and_orders_across_owners() {
         (200, &committed),
         "a repeated commit through n1"
     );
-    let (s, v) = call(
+    let (s, v) = via(
+        &cluster,
+        "n2",
         Method::POST,
-        &format!("{}/v1/reservations/fwd-r1/release", base("n2")),
+        "/v1/reservations/fwd-r1/release",
         Some(&finish),
     )
     .await;
@@ -999,9 +999,11 @@ async fn forwarding_and_orders_across_owners() {
         owned["n3"].clone(),
     );
     for (sku, stock) in [(&a, 5), (&c, 2)] {
-        let (s, v) = call(
+        let (s, v) = via(
+            &cluster,
+            "n3",
             Method::PUT,
-            &format!("{}/v1/stock/{sku}/w1", base("n3")),
+            &format!("/v1/stock/{sku}/w1"),
             Some(&json!({ "on_hand": stock, "op_id": "init" })),
         )
         .await;
@@ -1011,9 +1013,11 @@ async fn forwarding_and_orders_across_owners() {
     let line = |sku: &str, qty: u64| json!({ "sku": sku, "qty": qty, "warehouses": ["w1"] });
     let reserved = |v: &Value| v["reserved"].as_u64().expect("reserved");
     let unfillable = json!({ "order_id": "ord-fail", "ttl_ms": TTL_MS, "lines": [line(&a, 2), line(&b, 2), line(&c, 3)] });
-    let (s, v) = call(
+    let (s, v) = via(
+        &cluster,
+        "n1",
         Method::POST,
-        &format!("{}/v1/orders", base("n1")),
+        "/v1/orders",
         Some(&unfillable),
     )
     .await;
@@ -1032,22 +1036,12 @@ async fn forwarding_and_orders_across_owners() {
         );
     }
     let order = json!({ "order_id": "ord-ok", "ttl_ms": TTL_MS, "lines": [line(&a, 2), line(&b, 2), line(&c, 2)] });
-    let (s, placed) = call(
-        Method::POST,
-        &format!("{}/v1/orders", base("n2")),
-        Some(&order),
-    )
-    .await;
+    let (s, placed) = via(&cluster, "n2", Method::POST, "/v1/orders", Some(&order)).await;
     assert_eq!(s, 201, "{placed}");
     for l in placed["lines"].as_array().expect("lines") {
         assert_eq!(l["allocated_warehouse"], "w1", "{placed}");
     }
-    let (s, again) = call(
-        Method::POST,
-        &format!("{}/v1/orders", base("n3")),
-        Some(&order),
-    )
-    .await;
+    let (s, again) = via(&cluster, "n3", Method::POST, "/v1/orders", Some(&order)).await;
     assert_eq!((s, &again), (200, &placed), "order replay through n3");
     let got = same_everywhere(&cluster, &nodes, "/v1/orders/ord-ok").await;
     assert_eq!(got["status"], "reserved", "{got}");
@@ -1058,12 +1052,7 @@ async fn forwarding_and_orders_across_owners() {
     // c has nothing left: this order must hold nothing on a either.
     let short =
         json!({ "order_id": "ord-fail2", "ttl_ms": TTL_MS, "lines": [line(&a, 1), line(&c, 1)] });
-    let (s, v) = call(
-        Method::POST,
-        &format!("{}/v1/orders", base("n3")),
-        Some(&short),
-    )
-    .await;
+    let (s, v) = via(&cluster, "n3", Method::POST, "/v1/orders", Some(&short)).await;
     assert_eq!(
         (s, v["code"].as_str()),
         (409, Some("insufficient_stock")),
@@ -1075,9 +1064,11 @@ async fn forwarding_and_orders_across_owners() {
         2,
         "a refused order left a hold on {a}: {view}"
     );
-    let (s, done) = call(
+    let (s, done) = via(
+        &cluster,
+        "n3",
         Method::POST,
-        &format!("{}/v1/orders/ord-ok/commit", base("n3")),
+        "/v1/orders/ord-ok/commit",
         Some(&json!({})),
     )
     .await;

@@ -102,8 +102,8 @@ pub async fn route_orders(State(state): State<AppState>, req: Request, next: Nex
         return next.run(rebuilt()).await;
     };
     match cluster.order_route(&order_id) {
-        OrderRoute::Here(vnode) => match cluster.inside_gate(vnode, next.run(rebuilt())).await {
-            Some(resp) => resp,
+        OrderRoute::Here(vnode) => match cluster.enter_gate(vnode) {
+            Some(_inside) => next.run(rebuilt()).await,
             None => unavailable("vnode moving".into()),
         },
         // Forwarded once already: never a second hop (maps disagree; the client retries).

@@ -23,16 +23,6 @@ pub enum OrderRoute {
 }
 
 impl Cluster {
-    /// Runs `f` inside the vnode's gate, or returns None if the vnode is being handed over.
-    pub async fn inside_gate<F: std::future::Future>(
-        &self,
-        vnode: super::ring::Vnode,
-        f: F,
-    ) -> Option<F::Output> {
-        let _inside = self.gates.enter(vnode)?;
-        Some(f.await)
-    }
-
     /// Enters a vnode's gate (None while it is being handed over).
     pub fn enter_gate(&self, vnode: super::ring::Vnode) -> Option<super::gates::Guard<'_>> {
         self.gates.enter(vnode)

@@ -328,49 +328,6 @@ pub struct OrderImage {
     pub updated_at_ms: u64,
 }
 
-/// Order records in a hash range changed after `since`, like `export_page`.
-pub fn export_orders_page(
-    conn: &Connection,
-    (lo, hi): (i64, Option<i64>),
-    since: i64,
-    after: Option<&ExportCursor>,
-    max_bytes: usize,
-) -> Result<(Vec<OrderImage>, Option<ExportCursor>), StorageError> {
-    let (after_hash, after_id) = match after {
-        Some((h, k)) => (*h, k.clone()),
-        None => (lo, String::new()),
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT hash, order_id, status, record, updated_at_ms FROM orders
-         WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3 AND (hash, order_id) > (?4, ?5)
-         ORDER BY hash, order_id",
-    )?;
-    let hi = hi.map_or(i64::MAX, |h| h - 1); // inclusive
-    let mut rows = stmt.query(params![lo, hi, since, after_hash, after_id])?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(row) = rows.next()? {
-        let (hash, order_id, status, record, at): (i64, String, String, Vec<u8>, i64) = (
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-        );
-        bytes += order_id.len() + record.len() + 32;
-        out.push(OrderImage {
-            order_id: order_id.clone(),
-            status,
-            record,
-            updated_at_ms: at as u64,
-        });
-        if bytes >= max_bytes {
-            return Ok((out, Some((hash, order_id))));
-        }
-    }
-    Ok((out, None))
-}
-
 /// Where an export page continues: after this (hash, key).
 pub type ExportCursor = (i64, String);
 
@@ -378,37 +335,97 @@ pub type ExportCursor = (i64, String);
 /// `since`, in (hash, key) order after `after`, until about `max_bytes`.
 pub fn export_page(
     conn: &Connection,
-    (lo, hi): (i64, Option<i64>),
+    range: (i64, Option<i64>),
     since: i64,
     after: Option<&ExportCursor>,
     max_bytes: usize,
 ) -> Result<(Vec<KeyImage>, Option<ExportCursor>), StorageError> {
-    let (after_hash, after_key) = match after {
-        Some((h, k)) => (*h, k.clone()),
-        None => (lo, String::new()),
-    };
-    // Spelled out so SQLite bounds the index range on both ends (an `?2 IS NULL OR` would
-    // make it scan to the end of the index).
-    let mut stmt = conn.prepare_cached(
+    page(
+        conn,
         "SELECT hash, key, version, state FROM snapshots
          WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3 AND (hash, key) > (?4, ?5)
          ORDER BY hash, key",
-    )?;
-    let hi = hi.map_or(i64::MAX, |h| h - 1); // inclusive
-    let mut rows = stmt.query(params![lo, hi, since, after_hash, after_key])?;
+        (range, since, after, max_bytes),
+        |row| {
+            let (key, version, state): (String, i64, Vec<u8>) =
+                (row.get(1)?, row.get(2)?, row.get(3)?);
+            let size = key.len() + state.len() + 16;
+            Ok((
+                KeyImage {
+                    key,
+                    version: version as u64,
+                    state,
+                },
+                size,
+            ))
+        },
+        |image| image.key.clone(),
+    )
+}
+
+/// Order records in a hash range changed after `since`, like `export_page`.
+pub fn export_orders_page(
+    conn: &Connection,
+    range: (i64, Option<i64>),
+    since: i64,
+    after: Option<&ExportCursor>,
+    max_bytes: usize,
+) -> Result<(Vec<OrderImage>, Option<ExportCursor>), StorageError> {
+    page(
+        conn,
+        "SELECT hash, order_id, status, record, updated_at_ms FROM orders
+         WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3 AND (hash, order_id) > (?4, ?5)
+         ORDER BY hash, order_id",
+        (range, since, after, max_bytes),
+        |row| {
+            let (order_id, status, record, at): (String, String, Vec<u8>, i64) =
+                (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+            let size = order_id.len() + record.len() + 32;
+            Ok((
+                OrderImage {
+                    order_id,
+                    status,
+                    record,
+                    updated_at_ms: at as u64,
+                },
+                size,
+            ))
+        },
+        |order| order.order_id.clone(),
+    )
+}
+
+type PageArgs<'a> = ((i64, Option<i64>), i64, Option<&'a ExportCursor>, usize);
+
+/// One page of a hash-range export: `sql` selects `hash` first and takes (lo, hi inclusive,
+/// since, cursor hash, cursor id); `read` turns a row into an item and its size, `id` gives
+/// the item's id for the cursor.
+fn page<T>(
+    conn: &Connection,
+    sql: &str,
+    ((lo, hi), since, after, max_bytes): PageArgs<'_>,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<(T, usize)>,
+    id: impl Fn(&T) -> String,
+) -> Result<(Vec<T>, Option<ExportCursor>), StorageError> {
+    let (after_hash, after_id) = match after {
+        Some((h, k)) => (*h, k.clone()),
+        None => (lo, String::new()),
+    };
+    // `hash <= hi - 1` spelled out so SQLite bounds the index range on both ends (an
+    // `?2 IS NULL OR` would make it scan to the end of the index).
+    let hi = hi.map_or(i64::MAX, |h| h - 1);
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![lo, hi, since, after_hash, after_id])?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     while let Some(row) = rows.next()? {
-        let (hash, key, version, state): (i64, String, i64, Vec<u8>) =
-            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-        bytes += key.len() + state.len() + 16;
-        out.push(KeyImage {
-            key: key.clone(),
-            version: version as u64,
-            state,
-        });
-        if bytes >= max_bytes {
-            return Ok((out, Some((hash, key))));
+        let hash: i64 = row.get(0)?;
+        let (item, size) = read(row)?;
+        bytes += size;
+        let cursor = (bytes >= max_bytes).then(|| (hash, id(&item)));
+        out.push(item);
+        if cursor.is_some() {
+            return Ok((out, cursor));
         }
     }
     Ok((out, None))

@@ -516,38 +516,26 @@ fn finish(j: &Journal, request: Request) {
         | Request::Barrier { done } => done(Ok(())),
         Request::Export {
             range,
-            orders: false,
+            orders,
             since,
             after,
             max_bytes,
             reply,
-        } => reply(
-            store::export_page(&j.conn, range, since, after.as_ref(), max_bytes).map(
-                |(images, next)| ExportPage {
-                    images,
-                    orders: Vec::new(),
-                    next,
-                    changed_upto: j.changed,
-                },
-            ),
-        ),
-        Request::Export {
-            range,
-            orders: true,
-            since,
-            after,
-            max_bytes,
-            reply,
-        } => reply(
-            store::export_orders_page(&j.conn, range, since, after.as_ref(), max_bytes).map(
-                |(orders, next)| ExportPage {
-                    images: Vec::new(),
-                    orders,
-                    next,
-                    changed_upto: j.changed,
-                },
-            ),
-        ),
+        } => {
+            let after = after.as_ref();
+            let page = match orders {
+                false => store::export_page(&j.conn, range, since, after, max_bytes)
+                    .map(|(images, next)| (images, Vec::new(), next)),
+                true => store::export_orders_page(&j.conn, range, since, after, max_bytes)
+                    .map(|(orders, next)| (Vec::new(), orders, next)),
+            };
+            reply(page.map(|(images, orders, next)| ExportPage {
+                images,
+                orders,
+                next,
+                changed_upto: j.changed,
+            }))
+        }
         Request::DeleteFence { .. } | Request::SetMapFloor { .. } => {}
         Request::Snapshot { done, .. } => {
             if let Some(done) = done {
