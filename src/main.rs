@@ -50,6 +50,10 @@ enum Command {
     BenchNullServer {
         #[arg(long, default_value = "127.0.0.1:8081")]
         http_addr: String,
+        /// Also commit every change to SQLite in this directory (fsynced, group-committed)
+        /// before answering: the floor of durability alone.
+        #[arg(long)]
+        durable_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -114,16 +118,23 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Command::BenchNullServer { http_addr } => {
+        Command::BenchNullServer {
+            http_addr,
+            durable_dir,
+        } => {
             init_logging("info");
             runtime().and_then(|rt| {
                 rt.block_on(async move {
+                    let log = durable_dir
+                        .as_deref()
+                        .map(stockring::bench::DurableLog::open)
+                        .transpose()?;
                     let listener = tokio::net::TcpListener::bind(&http_addr).await?;
                     println!(
                         "stockring null server listening on {}",
                         listener.local_addr()?
                     );
-                    stockring::bench::serve_null(listener, shutdown_signal()).await
+                    stockring::bench::serve_null(listener, log, shutdown_signal()).await
                 })
             })
         }

@@ -7,7 +7,7 @@ use crate::actors::order::OrderCoordinator;
 use crate::actors::router::{Directory, Router, RouterConfig, RouterMsg};
 use crate::actors::stock::StockEnv;
 use crate::actors::Node;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Services};
 use crate::cluster::handoff::Fence;
 use crate::cluster::http::OrderRoute;
 use crate::cluster::node::Cluster;
@@ -63,6 +63,8 @@ impl RunningServer {
 /// and `/ready` turns 200 when it has finished.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let started = Instant::now();
+    // Installed before any actor exists: the actors keep metric handles taken on first use.
+    let metrics = api::metrics_handle();
     let lock = DataDirLock::acquire(&config.data_dir)?;
     let conn = store::open(&store::db_path(&config.data_dir)).context("opening the database")?;
     let in_flight = store::orders_in_flight(&conn)?;
@@ -103,12 +105,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         true => Some(start_cluster(&config, http_addr, &node, fences, map_floor).await?),
         false => None,
     };
-    let state = AppState {
+    let state = AppState::new(Services {
         node: node.clone(),
         orders: orders.clone(),
-        metrics: api::metrics_handle(),
+        metrics,
         cluster: cluster.clone(),
-    };
+    });
     let app = api::router(state.clone());
     if let Some(c) = &cluster {
         c.set_http(app.clone());

@@ -100,7 +100,7 @@ impl Actor for StockActor {
         let loaded = rx.await.map_err(|_| StorageError::WriterStopped)??;
         st.ledger = loaded.state;
         st.events_since_snapshot = loaded.tail_events;
-        metrics::gauge!("stockring_holds_active").increment(st.ledger.held_count() as f64);
+        holds_active().increment(st.ledger.held_count() as f64);
         metrics::counter!("stockring_activations_total").increment(1);
         arm_timer(&myself, st);
         Ok(())
@@ -152,15 +152,21 @@ impl Actor for StockActor {
         if let Some((_, handle)) = st.timer.take() {
             handle.abort();
         }
-        metrics::gauge!("stockring_holds_active").decrement(st.ledger.held_count() as f64);
+        holds_active().decrement(st.ledger.held_count() as f64);
         metrics::counter!("stockring_passivations_total").increment(1);
         Ok(())
     }
 }
 
+/// The gauge is touched on every apply: its handle is looked up once, not per call.
+fn holds_active() -> &'static metrics::Gauge {
+    static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!("stockring_holds_active"))
+}
+
 fn record_hold_change(before: u64, ledger: &StockState, events: &[crate::domain::Event]) {
     let after = ledger.held_count();
-    metrics::gauge!("stockring_holds_active").increment(after as f64 - before as f64);
+    holds_active().increment(after as f64 - before as f64);
     for e in events {
         if let crate::domain::Event::Expired {
             reservation_ids, ..

@@ -13,6 +13,7 @@
 //! giving the HTTP ceiling a real node can be compared with.
 
 mod client;
+mod durable_log;
 mod flash;
 mod null_server;
 mod progress;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use durable_log::DurableLog;
 pub use null_server::{null_router, serve_null};
 pub use report::BenchReport;
 

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 
+use super::durable_log::DurableLog;
 use super::wire::{
     ErrorBody, ReservationView, ReserveRequest, SetStockRequest, StockView, INSUFFICIENT_STOCK,
 };
@@ -40,9 +41,22 @@ type Stock = HashMap<(String, String), Level>;
 #[derive(Clone, Default)]
 struct NullState {
     stock: Arc<Mutex<Stock>>,
+    /// With `--durable-dir`: every change is also committed to SQLite before it is answered.
+    log: Option<DurableLog>,
 }
 
 impl NullState {
+    /// Appends a small record of the change to the durable log, if there is one.
+    async fn persist(&self, id: &str, sku: &str, warehouse: &str, n: u64) -> Result<(), NullError> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let entry = format!("{id}\0{sku}\0{warehouse}\0{n}").into_bytes();
+        log.append(entry)
+            .await
+            .map_err(|e| NullError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))
+    }
+
     /// A handler cannot panic while holding the lock, but a poisoned map is still usable.
     fn lock(&self) -> MutexGuard<'_, Stock> {
         self.stock.lock().unwrap_or_else(PoisonError::into_inner)
@@ -50,23 +64,31 @@ impl NullState {
 }
 
 /// The null server's router: `PUT`/`GET /v1/stock/{sku}/{warehouse}` and
-/// `POST /v1/reservations`, all in memory. See the module docs for what it leaves out.
-pub fn null_router() -> Router {
+/// `POST /v1/reservations`, all in memory (and, given a `log`, each change appended to it
+/// durably before the answer). See the module docs for what it leaves out.
+pub fn null_router(log: Option<DurableLog>) -> Router {
     Router::new()
         .route("/v1/stock/{sku}/{warehouse}", put(set_stock).get(get_stock))
         .route("/v1/reservations", post(reserve))
-        .with_state(NullState::default())
+        .with_state(NullState {
+            stock: Arc::default(),
+            log,
+        })
 }
 
 /// Serves [`null_router`] on an already bound listener until `shutdown` resolves. The caller
 /// binds, so it can print the real address when asked for port 0, and supplies its own signal
 /// handling, so the null server stops the same way a node does.
-pub async fn serve_null<F>(listener: tokio::net::TcpListener, shutdown: F) -> anyhow::Result<()>
+pub async fn serve_null<F>(
+    listener: tokio::net::TcpListener,
+    log: Option<DurableLog>,
+    shutdown: F,
+) -> anyhow::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     tracing::info!(addr = %listener.local_addr()?, "null server listening");
-    axum::serve(listener, null_router())
+    axum::serve(listener, null_router(log))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
@@ -78,11 +100,17 @@ async fn set_stock(
     Json(req): Json<SetStockRequest>,
 ) -> Result<Json<StockView>, NullError> {
     check_ids(&[&sku, &warehouse, &req.op_id])?;
-    let mut stock = state.lock();
-    let level = stock.entry((sku.clone(), warehouse.clone())).or_default();
-    level.on_hand = req.on_hand;
-    level.version += 1;
-    Ok(Json(view(sku, warehouse, *level)))
+    let level = {
+        let mut stock = state.lock();
+        let level = stock.entry((sku.clone(), warehouse.clone())).or_default();
+        level.on_hand = req.on_hand;
+        level.version += 1;
+        *level
+    };
+    state
+        .persist(&req.op_id, &sku, &warehouse, req.on_hand)
+        .await?;
+    Ok(Json(view(sku, warehouse, level)))
 }
 
 async fn get_stock(
@@ -113,14 +141,20 @@ async fn reserve(
         let mut stock = state.lock();
         // An unknown key simply has nothing available; it is not created.
         let key = (req.sku.clone(), req.warehouse.clone());
-        let Some(level) = stock.get_mut(&key).filter(|l| l.available() >= req.qty) else {
-            let available = stock.get(&key).map_or(0, Level::available);
-            return Err(NullError::insufficient(available));
-        };
-        level.reserved += req.qty;
-        level.version += 1;
-        level.available()
+        match stock.get_mut(&key).filter(|l| l.available() >= req.qty) {
+            Some(level) => {
+                level.reserved += req.qty;
+                level.version += 1;
+                Ok(level.available())
+            }
+            None => Err(stock.get(&key).map_or(0, Level::available)),
+        }
     };
+    // A refusal is persisted too, as a node journals it (a replayed id must get it again).
+    state
+        .persist(&req.reservation_id, &req.sku, &req.warehouse, req.qty)
+        .await?;
+    let available = available.map_err(NullError::insufficient)?;
     let grant = ReservationView {
         reservation_id: req.reservation_id,
         sku: req.sku,

@@ -10,11 +10,15 @@ use super::*;
 
 /// Starts the null server on an ephemeral port and returns its base URL.
 async fn spawn_null() -> String {
+    spawn_null_with(None).await
+}
+
+async fn spawn_null_with(log: Option<DurableLog>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move { axum::serve(listener, null_router()).await });
+    tokio::spawn(async move { axum::serve(listener, null_router(log)).await });
     format!("http://{addr}")
 }
 
@@ -44,6 +48,22 @@ async fn flash_grants_exactly_the_stock() {
         (400, 100, 300)
     );
     assert_eq!(report.errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_durable_null_server_commits_every_grant_before_answering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = DurableLog::open(dir.path()).expect("open log");
+    let target = spawn_null_with(Some(log)).await;
+    let report = run(args(target, Workload::Flash)).await.expect("run");
+    assert_eq!(report.flash_pass, Some(true), "{:?}", report.flash_detail);
+    // One row per seeded key and per attempt (grant or refusal), each committed before its
+    // answer left.
+    let conn = rusqlite::Connection::open(dir.path().join("null.db")).expect("reopen");
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 1 + 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
