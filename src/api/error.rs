@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
@@ -54,9 +54,14 @@ impl ApiError {
     }
 
     pub fn body(&self) -> Value {
-        let mut body = self.details.clone();
+        self.clone().into_body()
+    }
+
+    /// The JSON body, built from the error itself (no copy of its details).
+    fn into_body(self) -> Value {
+        let mut body = self.details;
         body.insert("code".into(), json!(self.code));
-        body.insert("message".into(), json!(self.message));
+        body.insert("message".into(), Value::String(self.message));
         Value::Object(body)
     }
 }
@@ -64,7 +69,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
-        let mut resp = (status, Json(self.body())).into_response();
+        let mut resp = (status, Json(self.into_body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));

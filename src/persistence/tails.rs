@@ -7,7 +7,7 @@
 //! the oldest live row of any key is covered by a snapshot and can be deleted.
 
 use crate::domain::placement::stored_hash;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// One journal row of a key: its rowid and the key's version after the event.
@@ -15,7 +15,12 @@ pub type Row = (i64, u64);
 
 #[derive(Default)]
 pub struct Tails {
-    by_key: BTreeMap<Arc<str>, Vec<Row>>,
+    /// Hashed, not ordered: it is looked up on every appended event, and comparing key names
+    /// down a tree was a visible share of the writer's time.
+    by_key: HashMap<Arc<str>, Vec<Row>>,
+    /// The same keys in name order, for prefix lookups; changes only when a key gains or loses
+    /// its tail.
+    by_name: BTreeSet<Arc<str>>,
     /// (first live rowid, key) of every key with a tail: the oldest tails first.
     by_age: BTreeSet<(i64, Arc<str>)>,
     /// (placement hash, key) of every key with a tail: a vnode's keys are one hash range.
@@ -42,6 +47,7 @@ impl Tails {
             if let Some(first) = tail.first() {
                 self.by_age.insert((first.0, key.clone()));
                 self.by_hash.insert((stored_hash(key), key.clone()));
+                self.by_name.insert(key.clone());
             }
         }
     }
@@ -62,6 +68,7 @@ impl Tails {
             }
         }
         if tail.is_empty() {
+            self.by_name.remove(&k);
             self.by_hash.remove(&(stored_hash(&k), k));
         } else {
             self.by_key.insert(k, tail);
@@ -102,12 +109,11 @@ impl Tails {
         &'a self,
         prefix: &'a str,
     ) -> impl Iterator<Item = &'a Arc<str>> + 'a {
-        self.by_key
+        self.by_name
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
-            .map(|(k, _)| k)
             .take_while(move |k| k.starts_with(prefix))
     }
 
