@@ -5,6 +5,9 @@
 //! the way the real API is (axum, the same JSON shapes extracted and serialized, `Json`
 //! responses), so benchmarking it measures what HTTP + JSON + this load generator cost on their
 //! own. The gap between it and a real node is what the service itself costs.
+//!
+//! Given a [`DurableLog`] (`--durable-dir`), it also appends every change to SQLite and answers
+//! only after the fsync: the floor of durable acknowledgements alone (see `durable_log`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,7 +41,7 @@ impl Level {
 
 type Stock = HashMap<(String, String), Level>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct NullState {
     stock: Arc<Mutex<Stock>>,
     /// With `--durable-dir`: every change is also committed to SQLite before it is answered.
