@@ -171,8 +171,8 @@ pub struct LoadedKey {
     pub tail_events: u64,
 }
 
-/// Rebuilds one key: latest snapshot, then its journal rows (`rows`, from the tail index) past
-/// the snapshot's version, checking that no version is missing.
+/// Rebuilds one key: latest snapshot, then its journal rows (`rows`, the committed rows the
+/// tail index holds in memory) past the snapshot's version, checking that no version is missing.
 pub fn load_key(conn: &Connection, key: &str, rows: &[Row]) -> Result<LoadedKey, StorageError> {
     let corrupt = |source| StorageError::Corrupt {
         what: key.to_owned(),
@@ -186,21 +186,18 @@ pub fn load_key(conn: &Connection, key: &str, rows: &[Row]) -> Result<LoadedKey,
         Some(blob) => codec::decode_snapshot(&blob).map_err(corrupt)?,
         None => StockState::default(),
     };
-    let mut stmt = conn.prepare_cached("SELECT key, version, event FROM journal WHERE seq = ?1")?;
     let mut tail_events = 0;
     let from_snapshot = state.version();
-    for &(seq, version) in rows.iter().filter(|(_, v)| *v > from_snapshot) {
-        let (row_key, row_version, blob): (String, i64, Vec<u8>) =
-            stmt.query_row(params![seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    for row in rows.iter().filter(|r| r.version > from_snapshot) {
         let expected = state.version() + 1;
-        if row_key != key || row_version as u64 != version || version != expected {
+        if row.version != expected {
             return Err(StorageError::JournalGap {
                 key: key.to_owned(),
                 expected,
-                found: version,
+                found: row.version,
             });
         }
-        let event = codec::decode_event(&blob).map_err(corrupt)?;
+        let event = codec::decode_event(&row.event).map_err(corrupt)?;
         state.apply_event(&event);
         tail_events += 1;
     }
@@ -210,19 +207,25 @@ pub fn load_key(conn: &Connection, key: &str, rows: &[Row]) -> Result<LoadedKey,
 /// Rebuilds the tail index: every journal row not covered by its key's snapshot.
 pub fn scan_tails(conn: &Connection) -> Result<Tails, StorageError> {
     let mut stmt = conn.prepare(
-        "SELECT j.seq, j.key, j.version FROM journal j LEFT JOIN snapshots s ON s.key = j.key
+        "SELECT j.seq, j.key, j.version, j.event FROM journal j LEFT JOIN snapshots s ON s.key = j.key
          WHERE s.version IS NULL OR j.version > s.version ORDER BY j.seq",
     )?;
     let mut rows = stmt.query([])?;
     let mut tails = Tails::default();
     let mut keys: std::collections::HashMap<String, Arc<str>> = std::collections::HashMap::new();
     while let Some(row) = rows.next()? {
-        let (seq, key, version): (i64, String, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let (seq, key, version, event): (i64, String, i64, Vec<u8>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
         let key = keys
             .entry(key)
             .or_insert_with_key(|k| Arc::from(k.as_str()))
             .clone();
-        tails.append(&key, [(seq, version as u64)]);
+        let row = Row {
+            seq,
+            version: version as u64,
+            event: event.into_boxed_slice(),
+        };
+        tails.append(&key, [row]);
     }
     Ok(tails)
 }

@@ -3,15 +3,25 @@
 //! The journal is append-only (rowid order), so a group commit writes a few sequential pages
 //! however many keys it touches; no per-key B-tree is kept on disk. This index replaces it: it
 //! lives in the writer thread, is rebuilt from the journal and snapshot versions on start, and
-//! tells a key load which rows to read. It also gives the trim horizon: every journal row below
-//! the oldest live row of any key is covered by a snapshot and can be deleted.
+//! holds each live row's event bytes, so a key load or a compaction replays the tail from memory
+//! instead of reading rows back one lookup each (those reads were ~5% of the node's CPU under a
+//! uniform load). It costs the live rows' bytes: the compaction window bounds them. It also
+//! gives the trim horizon: every journal row below the oldest live row of any key is covered by
+//! a snapshot and can be deleted.
 
 use crate::domain::placement::stored_hash;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// One journal row of a key: its rowid and the key's version after the event.
-pub type Row = (i64, u64);
+/// One journal row of a key, as committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub seq: i64,
+    /// The key's version after the event.
+    pub version: u64,
+    /// The event as stored in the journal (`codec::encode_event`).
+    pub event: Box<[u8]>,
+}
 
 #[derive(Default)]
 pub struct Tails {
@@ -36,7 +46,7 @@ impl Tails {
         for row in rows {
             if let Some(last) = tail.last() {
                 assert!(
-                    row.0 > last.0 && row.1 == last.1 + 1,
+                    row.seq > last.seq && row.version == last.version + 1,
                     "journal rows of {key} out of order"
                 );
             }
@@ -45,7 +55,7 @@ impl Tails {
         }
         if was_empty {
             if let Some(first) = tail.first() {
-                self.by_age.insert((first.0, key.clone()));
+                self.by_age.insert((first.seq, key.clone()));
                 self.by_hash.insert((stored_hash(key), key.clone()));
                 self.by_name.insert(key.clone());
             }
@@ -57,14 +67,14 @@ impl Tails {
         let Some((k, mut tail)) = self.by_key.remove_entry(key) else {
             return;
         };
-        let first = tail[0].0;
-        let drop = tail.partition_point(|(_, v)| *v <= version);
+        let first = tail[0].seq;
+        let drop = tail.partition_point(|r| r.version <= version);
         if drop > 0 {
             tail.drain(..drop);
             self.rows -= drop as u64;
             self.by_age.remove(&(first, k.clone()));
             if let Some(next) = tail.first() {
-                self.by_age.insert((next.0, k.clone()));
+                self.by_age.insert((next.seq, k.clone()));
             }
         }
         if tail.is_empty() {
@@ -130,17 +140,27 @@ impl Tails {
 mod tests {
     use super::*;
 
+    fn rows(rows: &[(i64, u64)]) -> Vec<Row> {
+        rows.iter()
+            .map(|&(seq, version)| Row {
+                seq,
+                version,
+                event: Box::default(),
+            })
+            .collect()
+    }
+
     #[test]
     fn snapshots_cover_rows_and_move_the_horizon() {
         let (a, b): (Arc<str>, Arc<str>) = ("s/a".into(), "s/b".into());
         let mut t = Tails::default();
-        t.append(&a, [(1, 1), (3, 2)]);
-        t.append(&b, [(2, 1)]);
-        t.append(&a, [(4, 3)]);
+        t.append(&a, rows(&[(1, 1), (3, 2)]));
+        t.append(&b, rows(&[(2, 1)]));
+        t.append(&a, rows(&[(4, 3)]));
         assert_eq!(t.trim_horizon(5), 1);
         assert_eq!(t.older_than(3, 10), vec![a.clone(), b.clone()]);
         t.covered("s/a", 2);
-        assert_eq!(t.rows_of("s/a"), &[(4, 3)]);
+        assert_eq!(t.rows_of("s/a"), rows(&[(4, 3)]));
         assert_eq!(t.trim_horizon(5), 2);
         t.covered("s/b", 1);
         t.covered("s/a", 3);
@@ -152,7 +172,7 @@ mod tests {
     fn prefix_lookup_stays_within_the_sku() {
         let mut t = Tails::default();
         for (i, k) in ["s1/w1", "s1/w2", "s10/w1", "s2/w1"].iter().enumerate() {
-            t.append(&Arc::from(*k), [(i as i64 + 1, 1)]);
+            t.append(&Arc::from(*k), rows(&[(i as i64 + 1, 1)]));
         }
         let found: Vec<&str> = t.keys_with_prefix("s1/").map(|k| &**k).collect();
         assert_eq!(found, ["s1/w1", "s1/w2"]);
@@ -163,6 +183,6 @@ mod tests {
     fn rows_must_come_in_version_order() {
         let mut t = Tails::default();
         let k: Arc<str> = "k".into();
-        t.append(&k, [(1, 1), (2, 3)]);
+        t.append(&k, rows(&[(1, 1), (2, 3)]));
     }
 }

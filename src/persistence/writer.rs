@@ -303,7 +303,10 @@ fn commit_batch(j: &mut Journal, batch: &mut Vec<Request>) {
 
 /// Writes the batch, a little compaction and a trim in one transaction. Returns the number of
 /// events and the tail-index changes to apply once the commit succeeded.
-fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>), StorageError> {
+fn write_all(
+    j: &mut Journal,
+    batch: &mut [Request],
+) -> Result<(u64, Vec<TailChange>), StorageError> {
     let compact = j
         .tails
         .older_than(j.next_rowid - j.window, COMPACT_PER_COMMIT);
@@ -334,13 +337,18 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                     ..
                 } => {
                     let mut rows = Vec::with_capacity(blobs.len());
-                    for (i, blob) in blobs.iter().enumerate() {
-                        let version = first_version + i as u64;
+                    // The bytes move into the tail index; `done` is all the request still needs.
+                    for (i, blob) in std::mem::take(blobs).into_iter().enumerate() {
+                        let version = *first_version + i as u64;
                         append.execute(params![j.next_rowid, &**key, version as i64, blob])?;
-                        rows.push((j.next_rowid, version));
+                        rows.push(Row {
+                            seq: j.next_rowid,
+                            version,
+                            event: blob.into_boxed_slice(),
+                        });
                         j.next_rowid += 1;
                     }
-                    events += blobs.len() as u64;
+                    events += rows.len() as u64;
                     changes.push(TailChange::Appended(key.clone(), rows));
                 }
                 Request::Snapshot {
@@ -388,13 +396,13 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                             .prepare_cached("SELECT version FROM snapshots WHERE key = ?1")?
                             .query_row(params![image.key], |r| r.get(0))
                             .optional()?;
-                        let tail = j.tails.rows_of(&image.key).last().map(|(_, v)| *v);
+                        let tail = j.tails.rows_of(&image.key).last().map(|r| r.version);
                         let here = tail.unwrap_or(0).max(stored.unwrap_or(0) as u64);
                         if image.version < here {
                             continue;
                         }
-                        for (seq, _) in j.tails.rows_of(&image.key) {
-                            drop_row.execute(params![seq])?;
+                        for row in j.tails.rows_of(&image.key) {
+                            drop_row.execute(params![row.seq])?;
                         }
                         tx.prepare_cached("DELETE FROM snapshots WHERE key = ?1")?
                             .execute(params![image.key])?;
@@ -425,7 +433,7 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                 }
                 Request::DeleteFence { vnode, move_id } => {
                     tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1 AND move_id = ?2")?
-                        .execute(params![vnode, *move_id as i64])?;
+                        .execute(params![*vnode, *move_id as i64])?;
                 }
                 Request::PutOrder {
                     order_id,
@@ -436,9 +444,9 @@ fn write_all(j: &mut Journal, batch: &[Request]) -> Result<(u64, Vec<TailChange>
                 } => {
                     j.changed += 1;
                     order.execute(params![
-                        order_id,
-                        status,
-                        record,
+                        &*order_id,
+                        *status,
+                        &*record,
                         *at_ms as i64,
                         stored_hash(order_id),
                         j.changed
