@@ -130,7 +130,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let flash_sku = skus.first().cloned().unwrap_or_default();
     let plan = Plan {
         api: api.clone(),
-        run_id,
+        id_prefix: format!("{run_id}.{:08x}", rand::random::<u32>()),
         skus,
         picker,
         budget,

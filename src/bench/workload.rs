@@ -90,7 +90,9 @@ impl Gate {
 /// Everything a measured run needs.
 pub struct Plan {
     pub api: Api,
-    pub run_id: String,
+    /// Starts every reservation id of this run; unique per invocation, so a run against keys
+    /// an earlier run used (`--run-id`) makes new reservations instead of replaying old ones.
+    pub id_prefix: String,
     pub skus: Vec<String>,
     pub picker: KeyPicker,
     pub budget: Budget,
@@ -159,7 +161,7 @@ async fn worker(shared: Arc<Shared>, client: usize, mut tally: Tally) -> Tally {
             sku: plan.skus[key].clone(),
             warehouse: WAREHOUSE.to_owned(),
             qty: 1,
-            reservation_id: format!("{}-{client}-{seq}", plan.run_id),
+            reservation_id: format!("{}-{client}-{seq}", plan.id_prefix),
             ttl_ms: RESERVE_TTL_MS,
         };
         seq += 1;
