@@ -1,7 +1,7 @@
 //! Migrations, on files as older binaries wrote them.
 
 use super::*;
-use crate::domain::{Command, OpId, Qty, ReservationId};
+use crate::domain::{Command, OpId, Outcome, Qty, ReservationId};
 
 /// A schema-v3 file exactly as v3 binaries left it: the v1 tables, the v2 index drop, the v3
 /// columns, tables and indexes.
@@ -32,7 +32,8 @@ fn state_with(ids: u64) -> StockState {
         op_id: OpId::parse("restock").expect("id"),
         qty: qty(1_000_000),
     };
-    state.apply(&receive, 1_000);
+    let (outcome, _) = state.apply(&receive, 1_000);
+    assert!(matches!(outcome, Outcome::StockSet { .. }), "{outcome:?}");
     for i in 0..ids {
         let reserve = Command::Reserve {
             reservation_id: ReservationId::parse(&format!("order-{i}-line-1")).expect("id"),
@@ -40,7 +41,8 @@ fn state_with(ids: u64) -> StockState {
             ttl_ms: 60_000,
             order_id: None,
         };
-        state.apply(&reserve, 1_000 + i);
+        let (outcome, _) = state.apply(&reserve, 1_000 + i);
+        assert!(matches!(outcome, Outcome::Reserved { .. }), "{outcome:?}");
     }
     state
 }
