@@ -178,6 +178,8 @@ struct Journal {
     window: i64,
     /// The last snapshot change number handed out.
     changed: i64,
+    /// Every change number up to this one may be used without storing a new ceiling.
+    change_ceiling: i64,
 }
 
 /// What a committed transaction changed in the tail index, applied only after the commit.
@@ -199,7 +201,7 @@ impl Writer {
         assert!(max_batch > 0 && queue >= max_batch && window > 0);
         let tails = store::scan_tails(&conn)?;
         let next_rowid = store::next_journal_rowid(&conn)?;
-        let changed = store::last_snapshot_change(&conn)?;
+        let changed = store::change_ceiling(&conn)?;
         tracing::info!(
             live_rows = tails.live_rows(),
             keys = tails.keys(),
@@ -212,6 +214,7 @@ impl Writer {
             trimmed_below: 0,
             window,
             changed,
+            change_ceiling: changed,
         };
         let (tx, rx) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
@@ -483,7 +486,14 @@ fn write_all(
             j.trimmed_below = horizon;
         }
     }
+    let ceiling = (j.changed > j.change_ceiling).then(|| j.changed + store::CHANGE_BLOCK);
+    if let Some(ceiling) = ceiling {
+        store::raise_change_ceiling(&tx, ceiling)?;
+    }
     tx.commit()?;
+    if let Some(ceiling) = ceiling {
+        j.change_ceiling = ceiling;
+    }
     Ok((events, changes))
 }
 

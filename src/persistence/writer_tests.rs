@@ -348,3 +348,65 @@ fn export_import_moves_keys_exactly() {
     }
     dst.join();
 }
+
+/// Change numbers only grow, across restarts too (a handoff's catch-up asks for what changed
+/// after a number it saw and must not miss a change made after the source restarted), whether
+/// the start reads the stored ceiling or, in an older file without one, scans for the largest.
+#[test]
+fn change_numbers_keep_growing_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store::db_path(dir.path());
+    let mut state = StockState::default();
+    let receive = Command::Receive {
+        op_id: OpId::parse("op").expect("id"),
+        qty: Qty::new(5).expect("qty"),
+    };
+    let (_, events) = state.apply(&receive, 1);
+    assert_eq!(events.len(), 1);
+    let mut previous_max = 0i64;
+    for round in 0..4 {
+        if round == 2 {
+            let conn = store::open(&path).expect("open");
+            conn.execute("DELETE FROM cluster_meta WHERE name = 'change_ceiling'", [])
+                .expect("forget the ceiling");
+        }
+        let writer = Writer::start_with_window(store::open(&path).expect("open"), 4, 16, 1_000)
+            .expect("start");
+        for i in 0..5 {
+            let request = Request::Snapshot {
+                key: Arc::from(format!("r{round}-k{i}/w1").as_str()),
+                version: state.version(),
+                state: codec::encode_snapshot(&state),
+                done: None,
+            };
+            writer.handle.blocking_submit(request).expect("submit");
+        }
+        writer.join();
+        let conn = store::open(&path).expect("reopen");
+        let (low, high): (i64, i64) = conn
+            .query_row(
+                "SELECT MIN(changed), MAX(changed) FROM snapshots WHERE key LIKE ?1",
+                params![format!("r{round}-%")],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("changes");
+        assert!(
+            low > previous_max,
+            "round {round}: change {low} not after {previous_max}"
+        );
+        let stored: i64 = conn
+            .query_row(
+                "SELECT value FROM cluster_meta WHERE name = 'change_ceiling'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("a start reads the ceiling, not a scan");
+        let ceiling = store::change_ceiling(&conn).expect("ceiling");
+        assert_eq!(ceiling, stored);
+        assert!(
+            ceiling >= high,
+            "ceiling {ceiling} below a stored change {high}"
+        );
+        previous_max = high;
+    }
+}

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 
-BIN = "target/release/stockring"
+BIN = os.environ.get("STOCKRING_BIN", "target/release/stockring")
 PORT = 18095
 
 
