@@ -321,18 +321,32 @@ pub fn load_fences(conn: &Connection) -> Result<Vec<(u32, u64, u64, u64)>, Stora
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A named counter in `cluster_meta`, if stored.
+pub fn meta_value(conn: &Connection, name: &str) -> Result<Option<i64>, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM cluster_meta WHERE name = ?1")?
+        .query_row(params![name], |r| r.get(0))
+        .optional()?)
+}
+
+/// Raises a named counter in `cluster_meta` to `value`; never lowers it.
+pub fn raise_meta(conn: &Connection, name: &str, value: i64) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO cluster_meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+    )?
+    .execute(params![name, value])?;
+    Ok(())
+}
+
 /// The version of the newest ring map this node accepted (0 if none): a restarted node never
 /// takes an older one (see cluster::handoff::Ownership).
 pub fn load_map_floor(conn: &Connection) -> Result<u64, StorageError> {
-    let v: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM cluster_meta WHERE name = 'map_floor'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(v.unwrap_or(0) as u64)
+    Ok(meta_value(conn, MAP_FLOOR)?.unwrap_or(0) as u64)
 }
+
+pub const MAP_FLOOR: &str = "map_floor";
+pub const CHANGE_CEILING: &str = "change_ceiling";
 
 /// Change numbers (see `export_page`) are handed out in blocks: before a transaction uses a
 /// number above the stored ceiling, it raises the ceiling by this much in the same transaction.
@@ -344,14 +358,7 @@ pub const CHANGE_BLOCK: i64 = 1_000_000;
 /// Where the next change numbers start: the stored ceiling, or, in a file written before the
 /// ceiling existed, the largest change number stored (a scan, once).
 pub fn change_ceiling(conn: &Connection) -> Result<i64, StorageError> {
-    let stored: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM cluster_meta WHERE name = 'change_ceiling'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match stored {
+    match meta_value(conn, CHANGE_CEILING)? {
         Some(ceiling) => Ok(ceiling),
         None => Ok(conn.query_row(
             "SELECT MAX((SELECT COALESCE(MAX(changed), 0) FROM snapshots),
@@ -360,16 +367,6 @@ pub fn change_ceiling(conn: &Connection) -> Result<i64, StorageError> {
             |r| r.get(0),
         )?),
     }
-}
-
-/// Stores a new ceiling (in the transaction that is about to use numbers up to it).
-pub fn raise_change_ceiling(conn: &Connection, ceiling: i64) -> Result<(), StorageError> {
-    conn.prepare_cached(
-        "INSERT INTO cluster_meta (name, value) VALUES ('change_ceiling', ?1)
-         ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
-    )?
-    .execute(params![ceiling])?;
-    Ok(())
 }
 
 /// One key's full durable state, as a handoff carries it.

@@ -428,11 +428,7 @@ fn write_all(
                     ])?;
                 }
                 Request::SetMapFloor { version } => {
-                    tx.prepare_cached(
-                        "INSERT INTO cluster_meta (name, value) VALUES ('map_floor', ?1)
-                         ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
-                    )?
-                    .execute(params![*version as i64])?;
+                    store::raise_meta(&tx, store::MAP_FLOOR, *version as i64)?;
                 }
                 Request::DeleteFence { vnode, move_id } => {
                     tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1 AND move_id = ?2")?
@@ -488,7 +484,8 @@ fn write_all(
     }
     let ceiling = (j.changed > j.change_ceiling).then(|| j.changed + store::CHANGE_BLOCK);
     if let Some(ceiling) = ceiling {
-        store::raise_change_ceiling(&tx, ceiling)?;
+        // Stored in the transaction that is about to use numbers up to it.
+        store::raise_meta(&tx, store::CHANGE_CEILING, ceiling)?;
     }
     tx.commit()?;
     if let Some(ceiling) = ceiling {

@@ -394,12 +394,8 @@ fn change_numbers_keep_growing_across_restarts() {
             low > previous_max,
             "round {round}: change {low} not after {previous_max}"
         );
-        let stored: i64 = conn
-            .query_row(
-                "SELECT value FROM cluster_meta WHERE name = 'change_ceiling'",
-                [],
-                |r| r.get(0),
-            )
+        let stored = store::meta_value(&conn, store::CHANGE_CEILING)
+            .expect("read")
             .expect("a start reads the ceiling, not a scan");
         let ceiling = store::change_ceiling(&conn).expect("ceiling");
         assert_eq!(ceiling, stored);
