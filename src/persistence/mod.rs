@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod compactor;
 pub mod store;
 pub mod tails;
 pub mod writer;

@@ -199,16 +199,41 @@ pub struct LoadedKey {
 /// Rebuilds one key: latest snapshot, then its journal rows (`rows`, the committed rows the
 /// tail index holds in memory) past the snapshot's version, checking that no version is missing.
 pub fn load_key(conn: &Connection, key: &str, rows: &[Row]) -> Result<LoadedKey, StorageError> {
+    let snapshot = read_snapshot(conn, key)?;
+    rebuild_key(key, snapshot.as_ref().map(|s| s.state.as_slice()), rows)
+}
+
+/// A key's stored snapshot, as stored.
+pub struct StoredSnapshot {
+    pub state: Vec<u8>,
+    /// Its change number: a new one with every write of the row.
+    pub changed: i64,
+}
+
+pub fn read_snapshot(conn: &Connection, key: &str) -> Result<Option<StoredSnapshot>, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT state, changed FROM snapshots WHERE key = ?1")?
+        .query_row(params![key], |r| {
+            Ok(StoredSnapshot {
+                state: r.get(0)?,
+                changed: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// A key from its snapshot (`None`: it has none) and its journal rows.
+pub fn rebuild_key(
+    key: &str,
+    snapshot: Option<&[u8]>,
+    rows: &[Row],
+) -> Result<LoadedKey, StorageError> {
     let corrupt = |source| StorageError::Corrupt {
         what: key.to_owned(),
         source,
     };
-    let snapshot: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT state FROM snapshots WHERE key = ?1")?
-        .query_row(params![key], |r| r.get(0))
-        .optional()?;
     let mut state = match snapshot {
-        Some(blob) => codec::decode_snapshot(&blob).map_err(corrupt)?,
+        Some(blob) => codec::decode_snapshot(blob).map_err(corrupt)?,
         None => StockState::default(),
     };
     let mut tail_events = 0;
@@ -259,6 +284,15 @@ pub fn scan_tails(conn: &Connection) -> Result<Tails, StorageError> {
 pub fn next_journal_rowid(conn: &Connection) -> Result<i64, StorageError> {
     Ok(
         conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM journal", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// Every journal row below this one has been deleted.
+pub fn first_journal_rowid(conn: &Connection) -> Result<i64, StorageError> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MIN(seq), 0) FROM journal", [], |r| {
             r.get(0)
         })?,
     )

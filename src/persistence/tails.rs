@@ -99,11 +99,18 @@ impl Tails {
         self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Keys whose oldest live row is below `rowid`, oldest first, at most `limit`.
-    pub fn older_than(&self, rowid: i64, limit: usize) -> Vec<Arc<str>> {
+    /// Keys whose oldest live row is below `rowid`, oldest first, at most `limit`, leaving out
+    /// those `skip` names.
+    pub fn older_than(
+        &self,
+        rowid: i64,
+        limit: usize,
+        skip: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<str>> {
         self.by_age
             .iter()
             .take_while(|(first, _)| *first < rowid)
+            .filter(|(_, k)| !skip(k))
             .take(limit)
             .map(|(_, k)| k.clone())
             .collect()
@@ -158,7 +165,8 @@ mod tests {
         t.append(&b, rows(&[(2, 1)]));
         t.append(&a, rows(&[(4, 3)]));
         assert_eq!(t.trim_horizon(5), 1);
-        assert_eq!(t.older_than(3, 10), vec![a.clone(), b.clone()]);
+        assert_eq!(t.older_than(3, 10, |_| false), vec![a.clone(), b.clone()]);
+        assert_eq!(t.older_than(3, 10, |k| k == "s/a"), vec![b.clone()]);
         t.covered("s/a", 2);
         assert_eq!(t.rows_of("s/a"), rows(&[(4, 3)]));
         assert_eq!(t.trim_horizon(5), 2);

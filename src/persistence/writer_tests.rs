@@ -184,6 +184,197 @@ fn a_pruned_snapshot_replaces_a_compaction_at_the_same_version() {
     writer.join();
 }
 
+fn snapshot_now(handle: &WriterHandle, key: &Arc<str>, state: &StockState) {
+    let (tx, rx) = std_mpsc::channel();
+    let done: Done = Box::new(move |r| {
+        let _ = tx.send(r);
+    });
+    let request = Request::Snapshot {
+        key: key.clone(),
+        version: state.version(),
+        state: codec::encode_snapshot(state),
+        done: Some(done),
+    };
+    handle.blocking_submit(request).expect("submit");
+    rx.recv().expect("reply").expect("durable");
+}
+
+fn stored(conn: &Connection, key: &str) -> (i64, i64) {
+    conn.query_row(
+        "SELECT version, changed FROM snapshots WHERE key = ?1",
+        params![key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .expect("snapshot row")
+}
+
+fn compacted(handle: &WriterHandle, key: &Arc<str>, state: &StockState, based_on: i64) {
+    let request = Request::Compacted {
+        key: key.clone(),
+        outcome: Compaction::Image {
+            version: state.version(),
+            state: codec::encode_snapshot(state),
+            based_on: Some(based_on),
+        },
+    };
+    handle.blocking_submit(request).expect("submit");
+}
+
+/// The compactor rebuilds a key on the snapshot it read; while it works, the actor may prune
+/// forgotten ids, snapshot, and reuse one of them. The compactor's result, built on the older
+/// snapshot, still remembers that id: stored, it would make the key unloadable (the reuse's
+/// event would replay onto a state that already has the id). The writer must drop it, and must
+/// store a result built on the snapshot that is still stored.
+#[test]
+fn a_compaction_built_on_a_replaced_snapshot_is_discarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store::db_path(dir.path());
+    let writer =
+        Writer::start_with_window(store::open(&path).expect("open"), 1, 8, 1_000).expect("start");
+    let reader = store::open(&path).expect("reader");
+    let hot: Arc<str> = "s/hot".into();
+    let mut state = StockState::default();
+    let id = ReservationId::parse("r1").expect("id");
+    let reserve = Command::Reserve {
+        reservation_id: id.clone(),
+        qty: Qty::new(2).expect("qty"),
+        ttl_ms: 10,
+        order_id: None,
+    };
+    let receive = Command::Receive {
+        op_id: OpId::parse("op").expect("id"),
+        qty: Qty::new(9).expect("qty"),
+    };
+    append(&writer.handle, &hot, &mut state, &receive, 1);
+    snapshot_now(&writer.handle, &hot, &state);
+    let (_, base) = stored(&reader, &hot);
+    append(&writer.handle, &hot, &mut state, &reserve, 2);
+    let release = Command::Release {
+        reservation_id: id.clone(),
+    };
+    append(&writer.handle, &hot, &mut state, &release, 3);
+    // What the compactor builds from `base` and the two rows: r1 still remembered.
+    let unpruned = state.clone();
+    assert_eq!(state.prune(1_000_000, 1_000), 2);
+    snapshot_now(&writer.handle, &hot, &state);
+    append(&writer.handle, &hot, &mut state, &reserve, 1_000_001);
+    compacted(&writer.handle, &hot, &unpruned, base);
+    assert_eq!(
+        load(&writer.handle, &hot),
+        state,
+        "a stale compaction was stored"
+    );
+    assert_eq!(
+        stored(&reader, &hot).0,
+        3,
+        "the pruned snapshot is still the stored one"
+    );
+
+    let (_, current) = stored(&reader, &hot);
+    compacted(&writer.handle, &hot, &state, current);
+    assert_eq!(load(&writer.handle, &hot), state);
+    assert_eq!(
+        stored(&reader, &hot).0,
+        4,
+        "a current compaction was not stored"
+    );
+    writer.join();
+    let conn = store::open(&path).expect("reopen");
+    let tails = store::scan_tails(&conn).expect("scan");
+    let loaded = store::load_key(&conn, &hot, tails.rows_of(&hot)).expect("load");
+    assert_eq!(loaded.state, state, "after restart");
+}
+
+/// A key whose snapshot is too large to rebuild inside a commit goes to the compactor thread;
+/// its result is stored by a later commit and covers the key's rows.
+#[test]
+fn a_large_key_is_compacted_off_the_commit_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store::db_path(dir.path());
+    let writer =
+        Writer::start_with_window(store::open(&path).expect("open"), 16, 64, 100).expect("start");
+    let reader = store::open(&path).expect("reader");
+    let big: Arc<str> = "s/big".into();
+    let mut state = StockState::default();
+    let receive = Command::Receive {
+        op_id: OpId::parse("op").expect("id"),
+        qty: Qty::new(1).expect("qty"),
+    };
+    append(&writer.handle, &big, &mut state, &receive, 1);
+    // Thousands of remembered ids (one hold, the rest refused), journaled in one request.
+    let mut events = Vec::new();
+    for i in 0..3_000 {
+        let reserve = Command::Reserve {
+            reservation_id: ReservationId::parse(&format!("flash-sale-attempt-{i}")).expect("id"),
+            qty: Qty::new(1).expect("qty"),
+            ttl_ms: 3_600_000,
+            order_id: None,
+        };
+        events.extend(state.apply(&reserve, 2).1);
+    }
+    let (tx, rx) = std_mpsc::channel();
+    let request = Request::Append {
+        key: big.clone(),
+        first_version: 2,
+        events: events.iter().map(codec::encode_event).collect(),
+        done: Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    };
+    writer.handle.blocking_submit(request).expect("submit");
+    rx.recv().expect("reply").expect("durable");
+    snapshot_now(&writer.handle, &big, &state);
+    let size: i64 = reader
+        .query_row(
+            "SELECT length(state) FROM snapshots WHERE key = ?1",
+            params![&*big],
+            |r| r.get(0),
+        )
+        .expect("size");
+    assert!(
+        size > INLINE_COMPACTION_BYTES,
+        "the snapshot is small: {size} bytes"
+    );
+    let more = Command::Receive {
+        op_id: OpId::parse("op2").expect("id"),
+        qty: Qty::new(5).expect("qty"),
+    };
+    append(&writer.handle, &big, &mut state, &more, 3);
+    // Traffic on another key pushes the big key's row out of the window.
+    let other: Arc<str> = "s/other".into();
+    let mut other_state = StockState::default();
+    for step in 0..150 {
+        let cmd = Command::Receive {
+            op_id: OpId::parse(&format!("o{step}")).expect("id"),
+            qty: Qty::new(1).expect("qty"),
+        };
+        append(&writer.handle, &other, &mut other_state, &cmd, 4 + step);
+    }
+    // The compactor works in the background: wait (bounded) for its snapshot to be stored.
+    // Each appended row is a commit, which is when the writer hands out and stores results.
+    let mut step = 150;
+    while stored(&reader, &big).0 < state.version() as i64 {
+        assert!(step < 2_000, "the compactor's snapshot was never stored");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let cmd = Command::Receive {
+            op_id: OpId::parse(&format!("o{step}")).expect("id"),
+            qty: Qty::new(1).expect("qty"),
+        };
+        append(&writer.handle, &other, &mut other_state, &cmd, 4 + step);
+        step += 1;
+    }
+    assert_eq!(load(&writer.handle, &big), state);
+    writer.join();
+    let conn = store::open(&path).expect("reopen");
+    let tails = store::scan_tails(&conn).expect("scan");
+    assert!(
+        tails.rows_of(&big).is_empty(),
+        "the compaction did not cover the rows"
+    );
+    let loaded = store::load_key(&conn, &big, tails.rows_of(&big)).expect("load");
+    assert_eq!(loaded.state, state, "after restart");
+}
+
 fn export_all(
     handle: &WriterHandle,
     range: (i64, Option<i64>),
