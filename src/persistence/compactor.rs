@@ -6,8 +6,9 @@
 //!
 //! So for a key with a large snapshot the writer only hands out a job (the key and a copy of
 //! its committed tail rows); this thread rebuilds it on its own read connection and sends the
-//! encoded snapshot back to the writer as `Request::Compacted`. The result names the stored snapshot it was built on (its change
-//! number): the writer stores it only if that snapshot is still the stored one. Otherwise an
+//! encoded snapshot back to the writer as `Request::Compacted`. The result names the stored
+//! snapshot it was built on (its change number): the writer stores it only if that snapshot is
+//! still the stored one. Otherwise an
 //! actor's newer snapshot landed meanwhile, perhaps one that forgot ids past retention, and a
 //! result built on the older one would bring those ids back.
 

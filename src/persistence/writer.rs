@@ -216,7 +216,7 @@ struct Journal {
     changed: i64,
     /// Every change number up to this one may be used without storing a new ceiling.
     change_ceiling: i64,
-    compactor: Option<Compactor>,
+    compactor: Compactor,
     /// Keys handed to the compactor and not back yet (or failed: never handed out again).
     compacting: HashSet<Arc<str>>,
 }
@@ -265,7 +265,7 @@ impl Writer {
             window,
             changed,
             change_ceiling: changed,
-            compactor: Some(Compactor::start(db, &handle)?),
+            compactor: Compactor::start(db, &handle)?,
             compacting: HashSet::new(),
         };
         let thread = std::thread::Builder::new()
@@ -305,18 +305,21 @@ fn run(mut j: Journal, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
         }
     }
     drop(rx);
-    if let Some(compactor) = j.compactor.take() {
-        compactor.join();
-    }
+    let Journal {
+        conn,
+        tails,
+        next_rowid,
+        compactor,
+        ..
+    } = j;
+    // Its connection closes before the checkpoint below, which must not wait for a reader.
+    compactor.join();
     // Every actor snapshotted on drain: leave no covered rows for the next start to scan.
-    let horizon = j.tails.trim_horizon(j.next_rowid);
-    if let Err(e) = j
-        .conn
-        .execute("DELETE FROM journal WHERE seq < ?1", params![horizon])
-    {
+    let horizon = tails.trim_horizon(next_rowid);
+    if let Err(e) = conn.execute("DELETE FROM journal WHERE seq < ?1", params![horizon]) {
         tracing::warn!(error = %e, "final journal trim failed; the next start scans more");
     }
-    if let Err(e) = j.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed on open");
     }
     tracing::info!("journal writer drained and stopped");
@@ -355,7 +358,8 @@ fn commit_batch(j: &mut Journal, batch: &mut Vec<Request>) {
     }
 }
 
-/// Writes the batch (with any compactions that came back) and a trim in one transaction. Returns the number of
+/// Writes the batch (with any compactions that came back), a little compaction and a trim in
+/// one transaction. Returns the number of
 /// events and the tail-index changes to apply once the commit succeeded.
 fn write_all(
     j: &mut Journal,
@@ -532,7 +536,7 @@ fn write_all(
             }
         }
         for key in compact {
-            let offload = j.compactor.as_ref().map(|c| (c, &mut j.compacting));
+            let offload = (&j.compactor, &mut j.compacting);
             j.changed = compact_key(&tx, &j.tails, offload, j.changed, key, &mut changes)?;
         }
         if trim {
@@ -589,18 +593,22 @@ fn put_snapshot(
 fn compact_key(
     tx: &Connection,
     tails: &Tails,
-    offload: Option<(&Compactor, &mut HashSet<Arc<str>>)>,
+    (compactor, compacting): (&Compactor, &mut HashSet<Arc<str>>),
     changed: i64,
     key: Arc<str>,
     changes: &mut Vec<TailChange>,
 ) -> Result<i64, StorageError> {
-    // length() of a blob reads no overflow pages: asking costs a lookup, not the snapshot.
-    let size: Option<i64> = tx
-        .prepare_cached("SELECT length(state) FROM snapshots WHERE key = ?1")?
-        .query_row(params![&*key], |r| r.get(0))
+    // One lookup, and a large snapshot is not read: its state comes back NULL (length() of a
+    // blob reads no overflow pages). `None`: the key has no snapshot.
+    let stored: Option<Option<Vec<u8>>> = tx
+        .prepare_cached(
+            "SELECT CASE WHEN length(state) <= ?2 THEN state END FROM snapshots WHERE key = ?1",
+        )?
+        .query_row(params![&*key, INLINE_COMPACTION_BYTES], |r| r.get(0))
         .optional()?;
-    if let Some((compactor, compacting)) = offload {
-        if size.is_some_and(|s| s > INLINE_COMPACTION_BYTES) {
+    let snapshot = match stored {
+        Some(Some(state)) => Some(state),
+        Some(None) => {
             let job = Job {
                 rows: tails.rows_of(&key).to_vec(),
                 key: key.clone(),
@@ -610,10 +618,11 @@ fn compact_key(
             }
             return Ok(changed);
         }
-    }
+        None => None,
+    };
     // Rebuilt from durable data only: the stored snapshot (maybe just written by this batch)
     // plus the rows committed before this batch. A newer one is never replaced.
-    let loaded = store::load_key(tx, &key, tails.rows_of(&key))?;
+    let loaded = store::rebuild_key(&key, snapshot.as_deref(), tails.rows_of(&key))?;
     let version = loaded.state.version();
     let changed = changed + 1;
     put_snapshot(
