@@ -150,6 +150,8 @@ pub struct Disk {
 
 /// What a crash loses.
 pub struct Proc {
+    /// Which start of the node this is (sent with every `Join`, as the real shell does).
+    pub incarnation: u64,
     pub own: Ownership,
     pub recv: Receiver,
     /// Every start sends `Join` (a restart refreshes the member) until it is answered.
@@ -165,8 +167,15 @@ pub struct Proc {
 
 impl Proc {
     /// `floor`: the persisted map version (0 when the shell under test keeps none).
-    fn new(me: Option<MemberId>, fences: Vec<Fence>, floor: u64, now: u64) -> Self {
+    fn new(
+        me: Option<MemberId>,
+        fences: Vec<Fence>,
+        floor: u64,
+        now: u64,
+        incarnation: u64,
+    ) -> Self {
         Proc {
+            incarnation,
             own: Ownership::new(me.unwrap_or(UNKNOWN_ME), fences, floor),
             recv: Receiver::default(),
             join_pending: true,
@@ -326,6 +335,9 @@ pub struct World {
     pub member_node: BTreeMap<MemberId, usize>,
     next_op: u64,
     next_gen: u64,
+    /// Process starts so far (each start's incarnation; not drawn from the PRNG, so adding it
+    /// changed no seed's schedule).
+    starts: u64,
     /// Acknowledged op ids per vnode, in acknowledgement order.
     pub acked: Vec<Vec<u64>>,
     pub(crate) check_cache: Vec<Option<CheckCache>>,
@@ -347,11 +359,12 @@ pub struct World {
     pub last_unsettled: String,
 }
 
-fn spec(name: &str) -> MemberSpec {
+fn spec(name: &str, incarnation: u64) -> MemberSpec {
     MemberSpec {
         name: name.into(),
         http_addr: format!("{name}:8080"),
         cluster_addr: format!("{name}:9090"),
+        incarnation,
     }
 }
 
@@ -378,7 +391,7 @@ impl World {
         let mut state = ControlState::default();
         let boot = ControlCommand::Bootstrap {
             vnodes: p.vnodes,
-            members: (0..p.seeds).map(|i| spec(&format!("n{i}"))).collect(),
+            members: (0..p.seeds).map(|i| spec(&format!("n{i}"), 0)).collect(),
         };
         assert_eq!(state.apply(&boot), ControlResponse::Done);
         let mut w = World {
@@ -403,6 +416,7 @@ impl World {
             member_node: BTreeMap::new(),
             next_op: 1,
             next_gen: 1,
+            starts: 0,
             acked: vec![Vec::new(); p.vnodes as usize],
             check_cache: (0..p.vnodes).map(|_| None).collect(),
             writers_scratch: Vec::new(),
@@ -428,7 +442,8 @@ impl World {
             debug_assert_eq!(n, i);
             // The seeds know who they are from the bootstrap configuration.
             w.nodes[n].disk.member = Some(id);
-            w.nodes[n].proc_ = Some(Proc::new(Some(id), Vec::new(), 0, 0));
+            let incarnation = w.next_incarnation();
+            w.nodes[n].proc_ = Some(Proc::new(Some(id), Vec::new(), 0, 0, incarnation));
             w.member_node.insert(id, n);
             w.control.last_heartbeat.insert(id, 0);
         }
@@ -471,6 +486,11 @@ impl World {
         );
     }
 
+    fn next_incarnation(&mut self) -> u64 {
+        self.starts += 1;
+        self.starts
+    }
+
     fn schedule(&mut self, at: u64, t: Timer) {
         self.timer_seq += 1;
         self.timers.insert((at, self.timer_seq), t);
@@ -480,11 +500,12 @@ impl World {
         self.c5_dirty = true;
         let i = self.nodes.len();
         let name = format!("n{i}");
+        let incarnation = self.next_incarnation();
         self.name_to_node.insert(name.clone(), i);
         self.nodes.push(Node {
             name,
             disk: Disk::default(),
-            proc_: Some(Proc::new(None, Vec::new(), 0, self.now)),
+            proc_: Some(Proc::new(None, Vec::new(), 0, self.now, incarnation)),
             decommissioned: false,
         });
         let at = self.now + self.rng.gen_range(1..=NODE_TICK_MS);
@@ -735,7 +756,7 @@ impl World {
         let me = Addr::Node(i);
         if p.join_pending && now >= p.next_join_ms {
             p.next_join_ms = now + JOIN_RETRY_MS;
-            let cmd = ControlCommand::Join(spec(&node.name));
+            let cmd = ControlCommand::Join(spec(&node.name, p.incarnation));
             outbox.push((
                 me,
                 Addr::Control,
@@ -1251,7 +1272,10 @@ impl World {
         } else {
             0
         };
-        node.proc_ = Some(Proc::new(node.disk.member, fences, floor, self.now));
+        let member = node.disk.member;
+        let incarnation = self.next_incarnation();
+        let node = &mut self.nodes[i];
+        node.proc_ = Some(Proc::new(member, fences, floor, self.now, incarnation));
         self.log.line(self.now, || {
             format!("n{i} restarts with {n} durable fences")
         });

@@ -40,6 +40,13 @@ pub struct MemberSpec {
     pub name: String,
     pub http_addr: String,
     pub cluster_addr: String,
+    /// Which start of the node's process sent this: larger for every later start (the start
+    /// time in ms; 0 in the bootstrap list and in logs written before it existed). A `Join`
+    /// can arrive late or twice (a retried, duplicated or delayed proposal); one from an
+    /// earlier start than the member's, or from the start that has left since, is such a
+    /// copy, not a request to come back.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,8 +191,16 @@ impl ControlState {
             }
             ControlCommand::Join(spec) => {
                 if let Some(m) = self.members.values_mut().find(|m| m.spec.name == spec.name) {
+                    let stale = spec.incarnation < m.spec.incarnation
+                        || (spec.incarnation == m.spec.incarnation && m.state == MemberState::Left);
+                    if stale {
+                        // A late copy from an earlier start, or from the start that has left
+                        // since: re-admitting it would leave a member no process stands
+                        // behind, and its addresses may be outdated.
+                        return ControlResponse::Member(m.id);
+                    }
                     if m.state == MemberState::Left {
-                        // A left node that comes back joins again, empty.
+                        // A left node that comes back (a new start) joins again, empty.
                         m.state = MemberState::Joining;
                     }
                     m.spec = spec.clone();

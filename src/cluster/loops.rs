@@ -123,6 +123,7 @@ pub(super) async fn lead(cluster: Arc<Cluster>) {
                     name: name.clone(),
                     http_addr: String::new(),
                     cluster_addr: addr.clone(),
+                    incarnation: 0,
                 })
                 .collect();
             commands.push(ControlCommand::Bootstrap {

@@ -138,6 +138,8 @@ impl Cluster {
             name: config.node_name.clone(),
             http_addr: advertise,
             cluster_addr: config.cluster_addr.clone(),
+            // Larger on every start: tells this start's `Join` from a late copy of an older one.
+            incarnation: node.now_ms().max(1),
         };
         let cluster = Arc::new_cyclic(|me| Self {
             me: me.clone(),

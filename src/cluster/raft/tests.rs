@@ -215,6 +215,7 @@ fn spec(name: &str) -> MemberSpec {
         name: name.to_string(),
         http_addr: format!("{name}:8080"),
         cluster_addr: format!("{name}:7070"),
+        incarnation: 0,
     }
 }
 
