@@ -13,6 +13,7 @@ use crate::cluster::http::OrderRoute;
 use crate::cluster::node::Cluster;
 use crate::cluster::transport::{RactorTransport, TransportConfig};
 use crate::config::Config;
+use crate::domain::order::Order;
 use crate::persistence::backup::DataDirLock;
 use crate::persistence::{store, Writer};
 use anyhow::Context;
@@ -67,7 +68,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let metrics = api::metrics_handle();
     let lock = DataDirLock::acquire(&config.data_dir)?;
     let conn = store::open(&store::db_path(&config.data_dir)).context("opening the database")?;
-    let in_flight = store::orders_in_flight(&conn)?;
+    let in_flight = store::orders_in_flight(&conn, u64::MAX)?;
     let fences = store::load_fences(&conn)?;
     let map_floor = store::load_map_floor(&conn)?;
     let writer = Writer::start_with_window(
@@ -142,31 +143,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             }
         });
         let serving = tokio::spawn(async move { serve.await });
-        let (recovered, left) = match &cluster {
-            None => orders.recover(in_flight).await,
-            Some(c) => {
-                // Order recovery may touch keys anywhere: it needs the ring first. And it
-                // finishes only the orders this node coordinates now, inside their vnodes'
-                // gates: an order on disk here may be a copy imported by a handoff, or one
-                // whose vnode moved away (its owner finishes it).
-                while !c.has_map() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let mut inside = Vec::new();
-                let mut mine = Vec::new();
-                for order in in_flight {
-                    if let OrderRoute::Here(vnode) = c.order_route(order.order_id.as_str()) {
-                        if let Some(guard) = c.enter_gate(vnode) {
-                            inside.push(guard);
-                            mine.push(order);
-                        }
-                    }
-                }
-                let done = orders.recover(mine).await;
-                drop(inside);
-                done
+        if let Some(c) = &cluster {
+            // Order recovery may touch keys anywhere: it needs the ring first.
+            while !c.has_map() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        };
+        }
+        let (mine, inside) = coordinated_here(cluster.as_deref(), in_flight);
+        let (recovered, left) = orders.recover(mine).await;
+        drop(inside);
         ready_node.set_ready(true);
         tracing::info!(
             recovered_orders = recovered,
@@ -174,7 +159,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ready"
         );
+        let sweep = tokio::spawn(sweep_stalled_orders(orders, cluster));
         serving.await.context("http task")?.context("http server")?;
+        sweep.abort();
         ready_node.set_ready(false);
         drain(router, router_task, writer).await;
         upkeep.abort();
@@ -187,6 +174,61 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown,
         task,
     })
+}
+
+/// The orders of `in_flight` this node coordinates now, each with its vnode's gate entered
+/// (a handoff waits for them). Without a cluster, all of them. In a cluster an order on disk
+/// here may be a copy imported by a handoff, or one whose vnode moved away: its owner
+/// finishes it.
+fn coordinated_here(
+    cluster: Option<&Cluster>,
+    in_flight: Vec<Order>,
+) -> (Vec<Order>, Vec<crate::cluster::gates::Guard<'_>>) {
+    let Some(c) = cluster else {
+        return (in_flight, Vec::new());
+    };
+    let mut inside = Vec::new();
+    let mut mine = Vec::new();
+    for order in in_flight {
+        if let OrderRoute::Here(vnode) = c.order_route(order.order_id.as_str()) {
+            if let Some(guard) = c.enter_gate(vnode) {
+                inside.push(guard);
+                mine.push(order);
+            }
+        }
+    }
+    (mine, inside)
+}
+
+/// How often a live node looks for orders that no request finished.
+const ORDER_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// An order in flight that no request has written for this long is finished or undone by
+/// the sweep (a request working on one holds its lock, and the sweep skips it).
+const ORDER_STALLED_AFTER_MS: u64 = 3_000;
+
+/// The safety net behind every order request: a request runs to its end even if its client
+/// hangs up (`api::detach`), but a step can fail and its undo with it (a key unavailable).
+/// Such an order would stay `reserving`/`committing`/`releasing` until the next start; this
+/// finishes or undoes it within about `ORDER_STALLED_AFTER_MS + ORDER_SWEEP_EVERY` once its
+/// keys answer again.
+async fn sweep_stalled_orders(orders: OrderCoordinator, cluster: Option<Arc<Cluster>>) {
+    loop {
+        tokio::time::sleep(ORDER_SWEEP_EVERY).await;
+        let stalled = match orders.stalled(ORDER_STALLED_AFTER_MS).await {
+            Ok(stalled) if stalled.is_empty() => continue,
+            Ok(stalled) => stalled,
+            Err(e) => {
+                tracing::warn!(error = %e, "order sweep: cannot list orders in flight");
+                continue;
+            }
+        };
+        let (mine, inside) = coordinated_here(cluster.as_deref(), stalled);
+        let (finished, left) = orders.recover_stalled(mine).await;
+        drop(inside);
+        if finished + left > 0 {
+            tracing::info!(finished, left, "order sweep");
+        }
+    }
 }
 
 async fn start_cluster(

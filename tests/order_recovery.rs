@@ -77,3 +77,46 @@ async fn an_order_failing_part_way_strands_nothing_and_never_replays_success() {
     assert_eq!(node.figures("s", "a").await, [5, 0, 5, 0]);
     node.stop().await;
 }
+
+/// The safety net on a live node: an order left `reserving` with no request working on it
+/// (here written straight into the running node's database, as a failed step and a failed
+/// undo would leave it) is undone within a few seconds, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_node_undoes_an_order_no_request_finished() {
+    let node = Node::start().await;
+    node.count("s", "a", 5, "c1").await;
+    let body = json!({ "order_id": "o3", "ttl_ms": 600_000, "lines": [line("s", 2, &["a"])] });
+    node.check("POST /v1/orders", body, 201, OK).await;
+    assert_eq!(node.figures("s", "a").await, [5, 2, 3, 0]);
+    let request = OrderRequest {
+        ttl_ms: 600_000,
+        lines: vec![OrderLine {
+            sku: Sku::parse("s").unwrap(),
+            qty: Qty::new(2).unwrap(),
+            warehouses: vec![WarehouseId::parse("a").unwrap()],
+        }],
+    };
+    let stuck = Order::new(OrderId::parse("o3").unwrap(), request, 1);
+    sql(node.data_dir(), |c| {
+        c.execute(
+            "UPDATE orders SET status = 'reserving', record = ?1, updated_at_ms = 1 WHERE order_id = 'o3'",
+            [codec::encode_order(&stuck)],
+        )
+        .expect("update");
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = node.check("GET /v1/orders/o3", NONE, 200, OK).await;
+        if got["status"] == "aborted" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} after 10 s on a live node",
+            got["status"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.figures("s", "a").await, [5, 0, 5, 0]);
+    node.stop().await;
+}

@@ -68,11 +68,13 @@ impl OrderCoordinator {
         }
     }
 
+    fn lock_entry(&self, id: &OrderId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.clone()).or_default().clone()
+    }
+
     async fn lock(&self, id: &OrderId) -> OrderLock {
-        let m = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(id.clone()).or_default().clone()
-        };
+        let m = self.lock_entry(id);
         let guard = m.clone().lock_owned().await;
         OrderLock {
             _guard: guard,
@@ -80,6 +82,19 @@ impl OrderCoordinator {
             locks: self.locks.clone(),
             m,
         }
+    }
+
+    /// The order's lock if no request holds it now.
+    fn try_lock(&self, id: &OrderId) -> Option<OrderLock> {
+        let m = self.lock_entry(id);
+        let guard = m.clone().try_lock_owned();
+        let lock = |guard| OrderLock {
+            _guard: guard,
+            id: id.clone(),
+            locks: self.locks.clone(),
+            m,
+        };
+        guard.ok().map(lock)
     }
 
     pub async fn get(&self, id: &OrderId) -> Result<Option<Order>, ServiceError> {
@@ -181,13 +196,17 @@ impl OrderCoordinator {
             return Ok(OrderOutcome::NotFound);
         };
         let step = if commit {
-            order.begin_commit()
+            order.begin_commit(self.node.now_ms())
         } else {
             order.begin_release()
         };
         match step {
             OrderTransition::Replay => return Ok(finished(order, true)),
             OrderTransition::Invalid => return Ok(OrderOutcome::InvalidState { order }),
+            OrderTransition::Finished => {
+                self.put(&order).await?;
+                return Ok(finished(order, false));
+            }
             OrderTransition::Proceed => {}
         }
         self.put(&order).await?;
@@ -205,9 +224,15 @@ impl OrderCoordinator {
         self.put(order).await
     }
 
-    /// Commits or releases every held line; returns the lines whose hold had expired.
+    /// Commits or releases every held line; returns the lines whose hold was gone.
+    ///
+    /// A line counts as sold only if the key answers `committed` (now, or as the replay of an
+    /// earlier attempt's commit). Any other answer means the hold is not there to sell: it
+    /// expired, or it expired and its outcome was forgotten since (`unknown_reservation`),
+    /// and those units may already belong to someone else. Counting such a line as sold
+    /// would confirm units that never left `on_hand`. Recovery goes through here too.
     async fn finish_lines(&self, order: &Order, commit: bool) -> Result<Vec<usize>, ServiceError> {
-        let mut expired = Vec::new();
+        let mut gone = Vec::new();
         for (line, key) in order.held_keys() {
             let reservation_id = order.line_reservation(line);
             let command = if commit {
@@ -215,11 +240,17 @@ impl OrderCoordinator {
             } else {
                 Command::Release { reservation_id }
             };
-            if let Outcome::Expired { .. } = self.node.execute(key, command).await? {
-                expired.push(line);
+            let outcome = self.node.execute(key, command).await?;
+            let sold = matches!(outcome, Outcome::Committed { .. });
+            if commit && !sold {
+                gone.push(line);
+            }
+            if !commit && matches!(outcome, Outcome::AlreadyCommitted) {
+                // The state machine never releases a committing order; say so if it happens.
+                tracing::error!(order = %order.order_id, line, "release found the line committed");
             }
         }
-        Ok(expired)
+        Ok(gone)
     }
 
     /// Best effort: the holds expire anyway if a release fails.
@@ -259,24 +290,78 @@ impl OrderCoordinator {
 
     /// Drives every order a crash interrupted to an end. Runs before the node is ready. An
     /// order that cannot be finished now (a key unavailable) is logged and left in flight: a
-    /// client retry or the next start finishes it, and its holds expire meanwhile. One bad key
-    /// must not keep the whole node from serving. Returns (finished, left).
+    /// client retry or the sweep (`recover_stalled`) finishes it, and its holds expire
+    /// meanwhile. One bad key must not keep the whole node from serving. Returns (finished,
+    /// left).
     pub async fn recover(&self, orders: Vec<Order>) -> (usize, usize) {
         let (mut finished, mut left) = (0, 0);
         for mut order in orders {
             let _l = self.lock(&order.order_id).await;
-            match self.recover_one(&mut order).await {
-                Ok(()) => {
-                    finished += 1;
-                    tracing::info!(order = %order.order_id, status = order.status.name(), "recovered order");
-                }
-                Err(e) => {
-                    left += 1;
-                    tracing::error!(order = %order.order_id, error = %e, "could not recover order; left for retry");
-                }
+            if self.recover_logged(&mut order).await {
+                finished += 1;
+            } else {
+                left += 1;
             }
         }
         (finished, left)
+    }
+
+    /// The safety net on a live node: orders left in flight although no request works on
+    /// them any more (a step failed and so did its undo, or a node that coordinated them
+    /// handed their vnode here). Those a request holds now are skipped; each is read again
+    /// under its lock, since a request may have finished it after it was listed. Returns
+    /// (finished, left).
+    pub async fn recover_stalled(&self, orders: Vec<Order>) -> (usize, usize) {
+        let (mut finished, mut left) = (0, 0);
+        for listed in orders {
+            let Some(_l) = self.try_lock(&listed.order_id) else {
+                continue;
+            };
+            let Ok(Some(mut order)) = self.load(&listed.order_id).await else {
+                left += 1;
+                continue;
+            };
+            if !order.status.in_flight() {
+                continue;
+            }
+            if self.recover_logged(&mut order).await {
+                finished += 1;
+            } else {
+                left += 1;
+            }
+        }
+        (finished, left)
+    }
+
+    /// Orders in flight that no request has written for `stalled_ms`.
+    pub async fn stalled(&self, stalled_ms: u64) -> Result<Vec<Order>, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let updated_before_ms = self.node.now_ms().saturating_sub(stalled_ms);
+        self.node
+            .writer()
+            .submit(Request::OrdersInFlight {
+                updated_before_ms,
+                reply,
+            })
+            .await?;
+        Ok(rx.await.map_err(|_| StorageError::WriterStopped)??)
+    }
+
+    /// Recovers one order (its lock held); whether it reached an end state.
+    async fn recover_logged(&self, order: &mut Order) -> bool {
+        match self.recover_one(order).await {
+            Ok(()) => {
+                tracing::info!(order = %order.order_id, status = order.status.name(), "recovered order");
+                true
+            }
+            Err(e) => {
+                tracing::error!(order = %order.order_id, error = %e, "could not recover order; left for retry");
+                false
+            }
+        }
     }
 
     async fn recover_one(&self, order: &mut Order) -> Result<(), ServiceError> {

@@ -100,7 +100,34 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(detach))
         .with_state(state)
+}
+
+/// A request that changes state runs to its end whatever the client does. axum drops a
+/// handler's future when the client's connection closes; an order or a batch cut off between
+/// two of its steps would leave holds taken and its record half-way (`reserving`) on a live
+/// node. So such a request runs on a task of its own, which the connection only waits for.
+/// Reads stay inline: dropping one changes nothing.
+async fn detach(req: Request, next: Next) -> Response {
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request failed on the server",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

@@ -76,7 +76,7 @@ fn map(outcome: OrderOutcome, created: bool) -> ApiResult {
         .with("order", order_body(&order))),
         OrderOutcome::Expired { order, lines } => Err(ApiError::conflict(
             "expired",
-            "holds expired before the commit reached them; those lines were not sold, the others were",
+            "those lines' holds had expired (or were gone) before the commit reached them: they were not sold; every other line was",
         )
         .with("expired_lines", lines)
         .with("order", order_body(&order))),

@@ -37,7 +37,8 @@ pub enum OrderStatus {
     /// Holds are being committed; recovery finishes this state.
     Committing,
     Committed,
-    /// Every line's hold had expired before the commit reached it: nothing was sold.
+    /// No line was sold: the commit came after the order's holds ran out (`expires_at_ms`),
+    /// or every line's hold was gone when the commit reached it.
     Expired,
     /// Holds are being released; recovery finishes this state.
     Releasing,
@@ -45,6 +46,14 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// A step is under way (recovery or the sweep finishes or undoes it).
+    pub fn in_flight(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Reserving | OrderStatus::Committing | OrderStatus::Releasing
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             OrderStatus::Reserving => "reserving",
@@ -70,7 +79,8 @@ pub struct Order {
     pub created_at_ms: u64,
     /// Latest expiry among the line holds (0 until reserved).
     pub expires_at_ms: u64,
-    /// Lines whose hold had expired when the commit reached them (they were not sold).
+    /// Lines not sold by the commit: their hold had expired (or was otherwise gone) when the
+    /// commit reached them. Every other line of a `committed` order was sold.
     pub expired_lines: Vec<usize>,
 }
 
@@ -83,6 +93,8 @@ pub enum OrderTransition {
     Invalid,
     /// Go ahead.
     Proceed,
+    /// The step ended the order without touching stock; record it and answer.
+    Finished,
 }
 
 impl Order {
@@ -154,8 +166,15 @@ impl Order {
         self.status = OrderStatus::Aborted;
     }
 
-    pub fn begin_commit(&mut self) -> OrderTransition {
+    /// A commit at `now_ms`. An order whose holds have all run out by then (`expires_at_ms`)
+    /// sells nothing: it ends `expired` at once, without touching stock (`Finished`).
+    pub fn begin_commit(&mut self, now_ms: u64) -> OrderTransition {
         match self.status {
+            OrderStatus::Reserved if now_ms >= self.expires_at_ms => {
+                self.status = OrderStatus::Expired;
+                self.expired_lines = (0..self.request.lines.len()).collect();
+                OrderTransition::Finished
+            }
             OrderStatus::Reserved | OrderStatus::Committing => {
                 self.status = OrderStatus::Committing;
                 OrderTransition::Proceed
@@ -176,9 +195,10 @@ impl Order {
         }
     }
 
-    /// Ends a commit or a release. `expired` are the lines whose hold had run out before the
-    /// step reached them: for a commit those were not sold (all of them: the order `expired`);
-    /// for a release they were free already, so nothing is recorded.
+    /// Ends a commit or a release. `expired` are the lines whose hold was gone (expired, or
+    /// forgotten after it expired) when the step reached them: for a commit those were not
+    /// sold (all of them: the order `expired`); for a release they were free already, so
+    /// nothing is recorded.
     pub fn finish(&mut self, expired: Vec<usize>) {
         assert!(expired.iter().all(|l| *l < self.request.lines.len()));
         match self.status {
@@ -229,8 +249,24 @@ mod tests {
         o.finish(Vec::new());
         assert_eq!(o.status, OrderStatus::Released);
         assert_eq!(o.begin_release(), OrderTransition::Replay);
-        assert_eq!(o.begin_commit(), OrderTransition::Invalid);
+        assert_eq!(o.begin_commit(6), OrderTransition::Invalid);
         assert_eq!(o.held_keys().len(), 1);
         assert_eq!(o.line_reservation(0).as_str(), "o#0");
+    }
+
+    #[test]
+    fn a_commit_at_or_after_the_holds_ran_out_sells_nothing() {
+        let mut o = order();
+        o.line_held(0, WarehouseId::parse("a").unwrap(), 15);
+        o.all_held();
+        let mut late = o.clone();
+        assert_eq!(late.begin_commit(15), OrderTransition::Finished);
+        assert_eq!(late.status, OrderStatus::Expired);
+        assert_eq!(late.expired_lines, [0]);
+        assert_eq!(late.begin_commit(16), OrderTransition::Replay);
+        assert_eq!(o.begin_commit(14), OrderTransition::Proceed);
+        assert_eq!(o.status, OrderStatus::Committing);
+        // A commit under way is finished by its lines' answers, whatever the time.
+        assert_eq!(o.begin_commit(99), OrderTransition::Proceed);
     }
 }

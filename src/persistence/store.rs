@@ -311,12 +311,19 @@ pub fn load_order(conn: &Connection, order_id: &str) -> Result<Option<Order>, St
         })
 }
 
-/// Orders a crash interrupted, for recovery to finish or undo.
-pub fn orders_in_flight(conn: &Connection) -> Result<Vec<Order>, StorageError> {
-    let mut stmt = conn.prepare(
-        "SELECT order_id, record FROM orders WHERE status IN ('reserving', 'committing', 'releasing')",
+/// Orders in flight (`reserving`, `committing`, `releasing`) last written before
+/// `updated_before_ms`: at start, the ones a crash interrupted; on a live node, the ones no
+/// request finished (the sweep's safety net).
+pub fn orders_in_flight(
+    conn: &Connection,
+    updated_before_ms: u64,
+) -> Result<Vec<Order>, StorageError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT order_id, record FROM orders
+         WHERE status IN ('reserving', 'committing', 'releasing') AND updated_at_ms < ?1",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let before = i64::try_from(updated_before_ms).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![before], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
     })?;
     let mut out = Vec::new();

@@ -34,6 +34,7 @@ pub type Done = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 pub type KeyReply = Box<dyn FnOnce(Result<LoadedKey, StorageError>) + Send>;
 pub type OrderReply = Box<dyn FnOnce(Result<Option<Order>, StorageError>) + Send>;
 pub type ListReply = Box<dyn FnOnce(Result<Vec<String>, StorageError>) + Send>;
+pub type OrdersReply = Box<dyn FnOnce(Result<Vec<Order>, StorageError>) + Send>;
 
 pub enum Request {
     /// Events of one key, versions `first_version..`, in order.
@@ -68,6 +69,11 @@ pub enum Request {
     LoadOrder {
         order_id: String,
         reply: OrderReply,
+    },
+    /// Orders in flight last written before `updated_before_ms` (see `store::orders_in_flight`).
+    OrdersInFlight {
+        updated_before_ms: u64,
+        reply: OrdersReply,
     },
     /// The warehouses with durable state for a SKU.
     ListWarehouses {
@@ -136,6 +142,7 @@ impl Request {
             Request::LoadKey { .. }
                 | Request::LoadOrder { .. }
                 | Request::ListWarehouses { .. }
+                | Request::OrdersInFlight { .. }
                 | Request::Close
                 | Request::Compacted {
                     outcome: Compaction::NothingToDo | Compaction::Failed,
@@ -532,6 +539,7 @@ fn write_all(
                 | Request::LoadKey { .. }
                 | Request::LoadOrder { .. }
                 | Request::ListWarehouses { .. }
+                | Request::OrdersInFlight { .. }
                 | Request::Close => {}
             }
         }
@@ -715,6 +723,10 @@ fn finish(j: &mut Journal, request: Request) {
         }
         Request::LoadOrder { order_id, reply } => reply(store::load_order(&j.conn, &order_id)),
         Request::ListWarehouses { sku, reply } => reply(warehouses_of(j, &sku)),
+        Request::OrdersInFlight {
+            updated_before_ms,
+            reply,
+        } => reply(store::orders_in_flight(&j.conn, updated_before_ms)),
         Request::Close => {}
     }
 }
@@ -750,6 +762,7 @@ fn fail(request: Request, e: &StorageError) {
         Request::LoadKey { reply, .. } => reply(Err(err())),
         Request::LoadOrder { reply, .. } => reply(Err(err())),
         Request::ListWarehouses { reply, .. } => reply(Err(err())),
+        Request::OrdersInFlight { reply, .. } => reply(Err(err())),
         Request::Close => {}
     }
 }

@@ -63,6 +63,11 @@ impl Node {
         }
     }
 
+    /// The node's data dir (for tests that look at or change its database directly).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Stops the node cleanly; returns its data dir (deleted when dropped).
     pub async fn stop(self) -> TempDir {
         drop(self.http);
