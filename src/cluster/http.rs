@@ -23,9 +23,10 @@ pub enum OrderRoute {
 }
 
 impl Cluster {
-    /// Enters a vnode's gate (None while it is being handed over).
+    /// Enters a vnode's gate if this node owns the vnode, as seen after the entry (None while
+    /// it is being handed over, or once it has moved away).
     pub fn enter_gate(&self, vnode: super::ring::Vnode) -> Option<super::gates::Guard<'_>> {
-        self.gates.enter(vnode)
+        self.enter_owned(vnode).ok()
     }
 
     pub fn order_route(&self, order_id: &str) -> OrderRoute {

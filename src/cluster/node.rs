@@ -264,6 +264,13 @@ impl Cluster {
         self.map_changed.send_modify(|v| *v += 1);
     }
 
+    /// Enters `vnode`'s gate if this node may write it, ownership read after the entry
+    /// (see `Gates::enter_if_local`: a committed move reopens the gate of the vnode it took).
+    pub(super) fn enter_owned(&self, vnode: Vnode) -> Result<super::gates::Guard<'_>, Access> {
+        self.gates
+            .enter_if_local(vnode, || read(&self.ownership).access(vnode))
+    }
+
     /// This node owns the vnode and may write it now.
     pub(super) fn owns_now(&self, vnode: Vnode) -> bool {
         matches!(read(&self.ownership).access(vnode), Access::Local { .. })
@@ -329,12 +336,12 @@ impl Cluster {
         loop {
             let (vnode, access, map) = self.access(&key);
             match access {
-                Access::Local { .. } => {
-                    if let Some(_inside) = self.gates.enter(vnode) {
-                        return self.run_here(key, op).await;
-                    }
-                    reason = "vnode moving";
-                }
+                Access::Local { .. } => match self.enter_owned(vnode) {
+                    Ok(_inside) => return self.run_here(key, op).await,
+                    // It moved between the look and the entry: look again at once.
+                    Err(Access::Remote { .. }) => continue,
+                    Err(_) => reason = "vnode moving",
+                },
                 Access::Remote { owner, epoch } => {
                     let Some(peer) = map.and_then(|m| self.member_name(&m, owner)) else {
                         return Err(ServiceError::Internal("owner not a member".into()));
@@ -409,8 +416,10 @@ impl Cluster {
         let version = map.map_or(0, |m| m.version);
         match access {
             Access::Local { .. } => {
-                let Some(_inside) = self.gates.enter(vnode) else {
-                    return ForwardResult::Fenced;
+                let _inside = match self.enter_owned(vnode) {
+                    Ok(inside) => inside,
+                    Err(Access::Fenced) => return ForwardResult::Fenced,
+                    Err(_) => return ForwardResult::NotOwner { version },
                 };
                 match self.run_here(key, op).await {
                     Ok(KeyAnswer::Applied(o)) => ForwardResult::Applied(o.into()),
