@@ -30,6 +30,9 @@ pub struct Config {
     pub writer_queue: usize,
     /// Most requests in flight in the node before new ones get 503 `overloaded`.
     pub max_in_flight: usize,
+    /// How long a request waits for its key's answer before a 503 `timeout` (the operation
+    /// may still be applied; a retry with the same id replays it).
+    pub answer_timeout_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `stockring=debug`.
     pub log: String,
     /// Cluster membership; off (a single node) unless `[cluster] enabled = true`.
@@ -123,6 +126,7 @@ impl Default for Config {
             group_commit_max_batch: 4_096,
             writer_queue: 65_536,
             max_in_flight: 16_384,
+            answer_timeout_ms: 10_000,
             log: "info".into(),
             cluster: ClusterConfig::default(),
         }
@@ -140,6 +144,7 @@ const FIELDS: &[&str] = &[
     "group_commit_max_batch",
     "writer_queue",
     "max_in_flight",
+    "answer_timeout_ms",
     "log",
     "cluster",
 ];
@@ -199,6 +204,9 @@ impl Config {
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be at least 1");
+        }
+        if self.answer_timeout_ms < 10 {
+            return bad("answer_timeout_ms must be at least 10");
         }
         if self.idle_passivate_ms < 10 {
             return bad("idle_passivate_ms must be at least 10");

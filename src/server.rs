@@ -6,7 +6,7 @@ use crate::actors::clock::SystemClock;
 use crate::actors::order::OrderCoordinator;
 use crate::actors::router::{Directory, Router, RouterConfig, RouterMsg};
 use crate::actors::stock::StockEnv;
-use crate::actors::Node;
+use crate::actors::{Admission, Node};
 use crate::api::{self, AppState, Services};
 use crate::cluster::handoff::Fence;
 use crate::cluster::http::OrderRoute;
@@ -90,12 +90,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let directory = Directory::new(env, router_config);
     let (router, router_task) = Actor::spawn(None, Router, directory.clone()).await?;
-    let node = Node::new(
-        directory,
-        writer.handle.clone(),
-        config.max_in_flight,
-        clock,
-    );
+    let admission = Admission {
+        max_in_flight: config.max_in_flight,
+        answer_timeout: Duration::from_millis(config.answer_timeout_ms),
+    };
+    let node = Node::new(directory, writer.handle.clone(), admission, clock);
     let orders = OrderCoordinator::new(node.clone());
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await

@@ -28,6 +28,12 @@ pub enum ServiceError {
     /// Too many requests in flight on this node.
     #[error("node overloaded; retry later")]
     Overloaded,
+    /// The key did not answer in time (its actor is stuck behind a slow disk or load). The
+    /// request may still be applied later: a retry with the same id replays its outcome.
+    #[error(
+        "the key did not answer within {0} ms; it may still be applied: retry with the same id"
+    )]
+    Timeout(u64),
     #[error("the node is shutting down")]
     ShuttingDown,
     /// The key's vnode is moving or its owner cannot be reached; nothing was applied (or, after
@@ -44,8 +50,13 @@ pub enum ServiceError {
 pub struct Node {
     directory: Arc<Directory>,
     writer: WriterHandle,
+    /// One per request admitted and not answered yet; it travels inside the request's reply
+    /// (`stock::Reply`), so it is held while the request waits in an actor's mailbox even if
+    /// its caller has gone. ractor mailboxes are unbounded: these permits are their bound.
     permits: Arc<Semaphore>,
     admission_wait: Duration,
+    /// How long a caller waits for a key's answer.
+    answer_timeout: Duration,
     ready: Arc<AtomicBool>,
     clock: Arc<dyn clock::Clock>,
     placement: Arc<OnceLock<Arc<dyn Placement>>>,
@@ -55,14 +66,15 @@ impl Node {
     pub fn new(
         directory: Arc<Directory>,
         writer: WriterHandle,
-        max_in_flight: usize,
+        limits: Admission,
         clock: Arc<dyn clock::Clock>,
     ) -> Self {
         Self {
             directory,
             writer,
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            permits: Arc::new(Semaphore::new(limits.max_in_flight)),
             admission_wait: Duration::from_secs(1),
+            answer_timeout: limits.answer_timeout,
             ready: Arc::new(AtomicBool::new(false)),
             clock,
             placement: Arc::default(),
@@ -139,22 +151,37 @@ impl Node {
         key: StockKey,
         make: impl FnOnce(stock::Reply<T>) -> StockMsg,
     ) -> Result<T, ServiceError> {
-        // ractor mailboxes are unbounded; admission is bounded here instead. The timer is
-        // armed only when the node is saturated, not on every request.
-        let permit = match self.permits.try_acquire() {
+        // The timer is armed only when the node is saturated, not on every request.
+        let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(ServiceError::ShuttingDown),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                tokio::time::timeout(self.admission_wait, self.permits.acquire())
+                tokio::time::timeout(self.admission_wait, self.permits.clone().acquire_owned())
                     .await
                     .map_err(|_| ServiceError::Overloaded)?
                     .map_err(|_| ServiceError::ShuttingDown)?
             }
         };
         let (tx, rx) = oneshot::channel();
-        self.directory.route(key, make(tx));
-        let result = rx.await.map_err(|_| ServiceError::Unavailable)?;
-        drop(permit);
-        result
+        self.directory
+            .route(key, make(stock::Reply::new(tx, permit)));
+        match tokio::time::timeout(self.answer_timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| ServiceError::Unavailable)?,
+            Err(_) => Err(ServiceError::Timeout(self.answer_timeout.as_millis() as u64)),
+        }
     }
 }
+
+/// The bounds of a node's request path.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    /// Requests admitted and not answered yet, at most; beyond it callers wait up to a
+    /// second, then get `Overloaded`.
+    pub max_in_flight: usize,
+    /// How long a caller waits for a key's answer before `Timeout`.
+    pub answer_timeout: Duration,
+}
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod tests;

@@ -114,6 +114,11 @@ impl Directory {
         let Some(router) = self.router.get() else {
             return;
         };
+        // The actor is known by id before its supervisor can hear of its end: an actor that
+        // fails at once (its load fails) is reported to the router, whose `stopped` takes
+        // this lock first. Recorded only after the spawn, its end could be missed, leaving a
+        // slot that routes to a dead actor (or queues for it) for good.
+        let mut by_actor = lock(&self.by_actor);
         let spawned = ractor::ActorRuntime::spawn_linked_instant(
             None,
             StockActor,
@@ -127,10 +132,11 @@ impl Directory {
                 return;
             }
         };
+        by_actor.insert(actor.get_id(), key.clone());
+        drop(by_actor);
         for msg in msgs {
             let _ = actor.send_message(msg);
         }
-        lock(&self.by_actor).insert(actor.get_id(), key.clone());
         let placement = hash_key(key.sku.as_str(), key.warehouse.as_str());
         shard.insert(
             key,

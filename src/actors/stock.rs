@@ -17,9 +17,34 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-pub type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
+/// Where a key's answer goes. It carries the caller's admission permit: the permit is
+/// returned when the answer is sent (or the message is dropped), not when the caller stops
+/// waiting, so the permits bound the messages queued at the actors, wherever the callers are.
+pub struct Reply<T> {
+    tx: oneshot::Sender<Result<T, ServiceError>>,
+    /// `None` for work the actor makes itself (its expiry timer), which no caller waits for.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<T> Reply<T> {
+    pub fn new(tx: oneshot::Sender<Result<T, ServiceError>>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            tx,
+            _permit: Some(permit),
+        }
+    }
+
+    fn internal(tx: oneshot::Sender<Result<T, ServiceError>>) -> Self {
+        Self { tx, _permit: None }
+    }
+
+    /// Sends the answer (a caller that gave up is not an error) and returns the permit.
+    pub fn send(self, answer: Result<T, ServiceError>) {
+        let _ = self.tx.send(answer);
+    }
+}
 type ExpiryTimer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<StockMsg>>>;
 
 // Local-only (never remotable: a remotable actor is mirrored on every peer).
@@ -130,7 +155,7 @@ impl Actor for StockActor {
                 if let Some(event) = st.ledger.expire_due(st.env.clock.now_ms()) {
                     record_hold_change(holds_before, &st.ledger, std::slice::from_ref(&event));
                     let (tx, _rx) = oneshot::channel();
-                    submit(st, vec![event], (), tx).await?;
+                    submit(st, vec![event], (), Reply::internal(tx)).await?;
                 }
             }
             StockMsg::Passivate => {
@@ -195,7 +220,7 @@ async fn submit<T: Send + 'static>(
     inflight.fetch_add(1, Ordering::AcqRel);
     let done = Box::new(move |r: Result<(), StorageError>| {
         inflight.fetch_sub(1, Ordering::AcqRel);
-        let _ = reply.send(r.map(|()| value).map_err(ServiceError::from));
+        reply.send(r.map(|()| value).map_err(ServiceError::from));
     });
     // If the writer is gone the memory state is ahead of the disk: fail the actor so that it
     // is rebuilt from what is durable.
@@ -224,11 +249,11 @@ async fn reply_when_durable<T: Send + 'static>(
     reply: Reply<T>,
 ) -> Result<(), StorageError> {
     if st.inflight.load(Ordering::Acquire) == 0 {
-        let _ = reply.send(Ok(value));
+        reply.send(Ok(value));
         return Ok(());
     }
     let done = Box::new(move |r: Result<(), StorageError>| {
-        let _ = reply.send(r.map(|()| value).map_err(ServiceError::from));
+        reply.send(r.map(|()| value).map_err(ServiceError::from));
     });
     st.env.writer.submit(Request::Barrier { done }).await
 }

@@ -86,6 +86,7 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::Overloaded => unavailable("overloaded", e.to_string()),
             ServiceError::Unavailable => unavailable("key_unavailable", e.to_string()),
+            ServiceError::Timeout(_) => unavailable("timeout", e.to_string()),
             ServiceError::ShuttingDown => unavailable("shutting_down", e.to_string()),
             ServiceError::VnodeUnavailable { retry_after_ms, .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -190,6 +190,14 @@ impl WriterHandle {
     pub fn downgrade(&self) -> WeakWriterHandle {
         WeakWriterHandle(self.tx.downgrade())
     }
+
+    /// A handle whose requests go to the returned queue and nowhere else: for tests that
+    /// play the writer (or a writer that never answers).
+    #[cfg(test)]
+    pub(crate) fn detached(queue: usize) -> (Self, mpsc::Receiver<Request>) {
+        let (tx, rx) = mpsc::channel(queue);
+        (Self { tx }, rx)
+    }
 }
 
 /// Most keys compacted (or handed to the compactor) per group commit, so compaction never
