@@ -6,7 +6,7 @@ mod common;
 use common::{line, Node, NONE, OK};
 use serde_json::json;
 use stockring::domain::order::{Order, OrderLine, OrderRequest};
-use stockring::domain::{OrderId, Qty, Sku, WarehouseId};
+use stockring::domain::{Command, OrderId, Outcome, Qty, Sku, StockKey, WarehouseId};
 use stockring::persistence::{codec, store};
 
 /// Writes straight into a stopped node's database.
@@ -117,6 +117,51 @@ async fn a_live_node_undoes_an_order_no_request_finished() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(node.figures("s", "a").await, [5, 0, 5, 0]);
+    node.stop().await;
+}
+
+/// An order's undo cancels its line ids: a reserve of a line that arrives after the undo (a
+/// forward that timed out but landed late, or was reordered behind the undo) is refused, and
+/// holds nothing until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_that_arrives_after_the_undo_holds_nothing() {
+    let node = Node::start().await;
+    node.count("s", "a", 5, "c1").await;
+    let dir = node.stop().await;
+    // A crash left order o4 `reserving` before its line's reserve reached the key.
+    let request = OrderRequest {
+        ttl_ms: 600_000,
+        lines: vec![OrderLine {
+            sku: Sku::parse("s").unwrap(),
+            qty: Qty::new(2).unwrap(),
+            warehouses: vec![WarehouseId::parse("a").unwrap()],
+        }],
+    };
+    let order = Order::new(OrderId::parse("o4").unwrap(), request.clone(), 1);
+    sql(dir.path(), |c| {
+        c.execute(
+            "INSERT INTO orders (order_id, status, record, updated_at_ms) VALUES ('o4', 'reserving', ?1, 1)",
+            [codec::encode_order(&order)],
+        )
+        .expect("insert");
+    });
+    let node = Node::start_in(dir).await;
+    let got = node.check("GET /v1/orders/o4", NONE, 200, OK).await;
+    assert_eq!(got["status"], "aborted");
+    // The line's reserve, still on its way when recovery undid the order, lands now.
+    let late = Command::Reserve {
+        reservation_id: order.line_reservation(0),
+        qty: Qty::new(2).unwrap(),
+        ttl_ms: request.ttl_ms,
+        order_id: Some(order.order_id.clone()),
+    };
+    let key = StockKey::new(Sku::parse("s").unwrap(), WarehouseId::parse("a").unwrap());
+    let outcome = node.node().execute(key, late).await.expect("answered");
+    assert!(
+        !matches!(outcome, Outcome::Reserved { .. }),
+        "a late reserve of an undone order held stock: {outcome:?}"
+    );
     assert_eq!(node.figures("s", "a").await, [5, 0, 5, 0]);
     node.stop().await;
 }

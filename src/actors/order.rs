@@ -264,18 +264,21 @@ impl OrderCoordinator {
         Ok(())
     }
 
-    /// Releases the order's id at every candidate warehouse of every line (it cannot know
-    /// which reserve landed), then records the order aborted. Tries every key even if one
-    /// fails, so one unavailable key strands nothing else; on any failure the order stays
+    /// Cancels the order's line ids at every candidate warehouse of every line (it cannot know
+    /// which reserve landed), then records the order aborted. A cancel releases a hold that
+    /// landed and leaves a tombstone where none did, so a reserve still on its way (a forward
+    /// that timed out but was delivered late, or reordered behind this cancel) is refused
+    /// instead of holding stock that nobody will release. Tries every key even if one fails,
+    /// so one unavailable key strands nothing else; on any failure the order stays
     /// `reserving` for the next attempt.
     async fn undo_reserving(&self, order: &mut Order) -> Result<(), ServiceError> {
         let mut first_error = None;
         for line in 0..order.request.lines.len() {
             for key in order.candidate_keys(line).collect::<Vec<_>>() {
-                let command = Command::Release {
+                let command = Command::Cancel {
                     reservation_id: order.line_reservation(line),
                 };
-                // Any answer will do (released, unknown, not held): the id is free afterwards.
+                // Any answer will do (released, cancelled, not held): the id is spent.
                 if let Err(e) = self.node.execute(key, command).await {
                     first_error.get_or_insert(e);
                 }

@@ -10,10 +10,13 @@
 
 use super::clock::Clock;
 use super::ServiceError;
+use crate::domain::ledger::RecordKey;
 use crate::domain::{Command, Outcome, StockKey, StockState, StockView};
 use crate::persistence::codec;
+use crate::persistence::keys::KeyWrite;
 use crate::persistence::{Request, StorageError, WriterHandle};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +84,11 @@ pub struct StockActorState {
     ledger: StockState,
     inflight: Arc<AtomicU64>,
     events_since_snapshot: u64,
+    /// The records changed since the last snapshot: what the next one stores.
+    touched: BTreeSet<RecordKey>,
+    /// Record states the key's stored segment generation holds (live or dead), as far as
+    /// this actor knows: when to rewrite it (see `persistence::keys`).
+    stored_records: u64,
     timer: Option<(u64, ExpiryTimer)>,
 }
 
@@ -100,6 +108,8 @@ impl Actor for StockActor {
             ledger: StockState::default(),
             inflight: Arc::new(AtomicU64::new(0)),
             events_since_snapshot: 0,
+            touched: BTreeSet::new(),
+            stored_records: 0,
             timer: None,
         })
     }
@@ -125,6 +135,8 @@ impl Actor for StockActor {
         let loaded = rx.await.map_err(|_| StorageError::WriterStopped)??;
         st.ledger = loaded.state;
         st.events_since_snapshot = loaded.tail_events;
+        st.touched = loaded.touched;
+        st.stored_records = loaded.stored_records;
         holds_active().increment(st.ledger.held_count() as f64);
         metrics::counter!("stockring_activations_total").increment(1);
         arm_timer(&myself, st);
@@ -146,7 +158,15 @@ impl Actor for StockActor {
                 submit(st, events, outcome, reply).await?;
             }
             StockMsg::Read { reply } => {
-                let view = st.ledger.view(st.env.clock.now_ms());
+                let now = st.env.clock.now_ms();
+                // A read never shows an expiry that is not journaled: with the clock stepped
+                // back across a restart, an unjournaled one would come back as a live hold.
+                let holds_before = st.ledger.held_count();
+                if let Some(event) = st.ledger.expire_due(now) {
+                    record_hold_change(holds_before, &st.ledger, std::slice::from_ref(&event));
+                    journal(st, vec![event], Box::new(|_| {})).await?;
+                }
+                let view = st.ledger.view(now);
                 reply_when_durable(st, view, reply).await?;
             }
             StockMsg::ExpiryDue => {
@@ -213,14 +233,37 @@ async fn submit<T: Send + 'static>(
     if events.is_empty() {
         return reply_when_durable(st, value, reply).await;
     }
+    let done = Box::new(move |r: Result<(), StorageError>| {
+        reply.send(r.map(|()| value).map_err(ServiceError::from));
+    });
+    journal(st, events, done).await?;
+    // A snapshot costs what its events touched (or, rarely, a rewrite of the live records,
+    // see `persistence::keys`), not what the key remembers: a fixed cadence keeps it O(1)
+    // per event.
+    if st.events_since_snapshot >= st.env.snapshot_every {
+        snapshot(st).await?;
+    }
+    Ok(())
+}
+
+/// Hands `events` (just applied to the ledger) to the writer; `done` runs once they are
+/// durable. Until then they count as in flight, so no later reply leaves before them.
+async fn journal(
+    st: &mut StockActorState,
+    events: Vec<crate::domain::Event>,
+    done: crate::persistence::writer::Done,
+) -> Result<(), StorageError> {
     let n = events.len() as u64;
     let first_version = st.ledger.version() - n + 1;
+    for event in &events {
+        st.touched.extend(event.touched());
+    }
     let blobs = events.iter().map(codec::encode_event).collect();
     let inflight = st.inflight.clone();
     inflight.fetch_add(1, Ordering::AcqRel);
     let done = Box::new(move |r: Result<(), StorageError>| {
         inflight.fetch_sub(1, Ordering::AcqRel);
-        reply.send(r.map(|()| value).map_err(ServiceError::from));
+        done(r);
     });
     // If the writer is gone the memory state is ahead of the disk: fail the actor so that it
     // is rebuilt from what is durable.
@@ -234,12 +277,6 @@ async fn submit<T: Send + 'static>(
         })
         .await?;
     st.events_since_snapshot += n;
-    // A snapshot costs O(records); waiting for at least records/2 new events keeps the cost
-    // per event O(1) even on a flash-sale key that remembers every refused id.
-    let due = st.env.snapshot_every.max(st.ledger.record_count() / 2);
-    if st.events_since_snapshot >= due {
-        snapshot(st).await?;
-    }
     Ok(())
 }
 
@@ -258,24 +295,25 @@ async fn reply_when_durable<T: Send + 'static>(
     st.env.writer.submit(Request::Barrier { done }).await
 }
 
-/// Compacts the key: forgets outcomes past retention, writes the state, and lets the writer
-/// drop the journal rows the snapshot covers (in the same transaction).
+/// Forgets outcomes past retention (a journaled `Forgot`, so every copy of the key forgets
+/// the same ids), then stores the key: its scalars and the records changed since the last
+/// snapshot. The writer drops the journal rows it covers in the same transaction.
 async fn snapshot(st: &mut StockActorState) -> Result<(), StorageError> {
-    st.ledger
-        .prune(st.env.clock.now_ms(), st.env.outcome_retention_ms);
-    let state = codec::encode_snapshot(&st.ledger);
-    // Pruning changed what replies say (a forgotten id is unknown now): count the snapshot as
-    // in flight, so such replies wait until it is durable, like any other change.
-    let inflight = st.inflight.clone();
-    inflight.fetch_add(1, Ordering::AcqRel);
-    let done: crate::persistence::writer::Done = Box::new(move |_| {
-        inflight.fetch_sub(1, Ordering::AcqRel);
-    });
+    let now = st.env.clock.now_ms();
+    if let Some(event) = st.ledger.forget_due(now, st.env.outcome_retention_ms) {
+        journal(st, vec![event], Box::new(|_| {})).await?;
+    }
+    let write = KeyWrite::of(&st.ledger, &st.touched, st.stored_records);
+    st.stored_records = match write.rewrites() {
+        true => write.records(),
+        false => st.stored_records + write.records(),
+    };
+    st.touched.clear();
     let request = Request::Snapshot {
         key: st.key_name.clone(),
         version: st.ledger.version(),
-        state,
-        done: Some(done),
+        write,
+        done: None,
     };
     st.env.writer.submit(request).await?;
     st.events_since_snapshot = 0;

@@ -14,6 +14,7 @@ pub fn op_name(command: &Command) -> &'static str {
         Command::Reserve { .. } => "reserve",
         Command::Commit { .. } => "commit",
         Command::Release { .. } => "release",
+        Command::Cancel { .. } => "cancel",
         Command::Receive { .. } => "receive",
         Command::SetOnHand { .. } => "set_on_hand",
         Command::SetSafetyStock { .. } => "set_safety_stock",
@@ -61,7 +62,8 @@ fn reservation_id(command: &Command) -> &str {
     match command {
         Command::Reserve { reservation_id, .. }
         | Command::Commit { reservation_id }
-        | Command::Release { reservation_id } => reservation_id.as_str(),
+        | Command::Release { reservation_id }
+        | Command::Cancel { reservation_id } => reservation_id.as_str(),
         _ => "",
     }
 }
@@ -117,5 +119,6 @@ fn map(key: &StockKey, command: &Command, outcome: Outcome) -> Result<Reply, Api
         }
         Outcome::AlreadyReleased => Err(ApiError::conflict("already_released", "the reservation was released")),
         Outcome::AlreadyCommitted => Err(ApiError::conflict("already_committed", "the reservation was committed")),
+        Outcome::Cancelled => Err(ApiError::conflict("cancelled", "the reservation was cancelled before it was made; nothing is held")),
     }
 }

@@ -7,7 +7,7 @@ use super::handoff::{Effect, ExportDecision, ExportRequest, Phase};
 use super::node::{done_channel, Cluster};
 use super::ring::{stored_hash_range, vnode_of_hash};
 use super::wire::{PeerReply, PeerRequest};
-use crate::persistence::{ExportCursor, ExportPage, Request, StorageError};
+use crate::persistence::{ExportCursor, ExportPage, ExportPass, Request, StorageError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -68,8 +68,8 @@ async fn pull(cluster: &Arc<Cluster>, req: ExportRequest) -> Result<(), String> 
     let started = Instant::now();
     let mut first_mark = None;
     let mut keys = 0usize;
-    for orders in [false, true] {
-        keys += pull_pass(cluster, &source, req, orders, since, &mut first_mark).await?;
+    for pass in [ExportPass::Keys, ExportPass::Segments, ExportPass::Orders] {
+        keys += pull_pass(cluster, &source, req, pass, since, &mut first_mark).await?;
     }
     if !req.last {
         lock(&cluster.copy_marks).insert(mv.id, first_mark.unwrap_or(0));
@@ -86,12 +86,12 @@ async fn pull(cluster: &Arc<Cluster>, req: ExportRequest) -> Result<(), String> 
     Ok(())
 }
 
-/// All pages of the keys (or the order records) of one export; returns how many it stored.
+/// All pages of one pass of an export; returns how many items it stored.
 async fn pull_pass(
     cluster: &Arc<Cluster>,
     source: &str,
     req: ExportRequest,
-    orders: bool,
+    pass: ExportPass,
     since: i64,
     first_mark: &mut Option<i64>,
 ) -> Result<usize, String> {
@@ -102,7 +102,7 @@ async fn pull_pass(
         let ask = PeerRequest::Export {
             mv,
             last: req.last,
-            orders,
+            pass,
             since,
             after: after.clone(),
             max_bytes: cluster.config.handoff_page_bytes,
@@ -112,13 +112,14 @@ async fn pull_pass(
             .call(source, &ask, EXPORT_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let (images, order_images, next, changed_upto) = match reply {
+        let (images, segments, order_images, next, changed_upto) = match reply {
             PeerReply::ExportPage {
                 images,
+                segments,
                 orders,
                 next,
                 changed_upto,
-            } => (images, orders, next, changed_upto),
+            } => (images, segments, orders, next, changed_upto),
             PeerReply::ExportRefused => return Err("source refused the export".into()),
             other => return Err(format!("unexpected answer {other:?}")),
         };
@@ -127,11 +128,12 @@ async fn pull_pass(
         if lock(&cluster.receiver).phase_of(mv.id) != Some(phase) || cluster.owns_now(mv.vnode) {
             return Err("the move is no longer current here; page dropped".into());
         }
-        stored += images.len() + order_images.len();
-        if !images.is_empty() || !order_images.is_empty() {
+        stored += images.len() + segments.len() + order_images.len();
+        if !images.is_empty() || !segments.is_empty() || !order_images.is_empty() {
             let (done, rx) = done_channel();
             let import = Request::Import {
                 images,
+                segments,
                 orders: order_images,
                 done,
             };
@@ -181,7 +183,7 @@ pub(super) async fn serve_export(
     cluster: &Arc<Cluster>,
     mv: Move,
     last: bool,
-    orders: bool,
+    pass: ExportPass,
     since: i64,
     after: Option<ExportCursor>,
     max_bytes: usize,
@@ -215,7 +217,7 @@ pub(super) async fn serve_export(
     });
     let asked = Request::Export {
         range,
-        orders,
+        pass,
         since,
         after,
         max_bytes: max_bytes.min(cluster.config.handoff_page_bytes),
@@ -227,6 +229,7 @@ pub(super) async fn serve_export(
     match rx.await {
         Ok(Ok(page)) => PeerReply::ExportPage {
             images: page.images,
+            segments: page.segments,
             orders: page.orders,
             next: page.next,
             changed_upto: page.changed_upto,

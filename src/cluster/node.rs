@@ -483,11 +483,11 @@ impl Cluster {
             PeerRequest::Export {
                 mv,
                 last,
-                orders,
+                pass,
                 since,
                 after,
                 max_bytes,
-            } => super::mover::serve_export(&self, mv, last, orders, since, after, max_bytes).await,
+            } => super::mover::serve_export(&self, mv, last, pass, since, after, max_bytes).await,
             PeerRequest::Raft(bytes) => match &self.control {
                 Some(plane) => PeerReply::Raft(plane.handle_rpc(&bytes).await),
                 None => PeerReply::Error("not a seed".into()),

@@ -5,7 +5,7 @@
 
 use super::control::{ControlCommand, ControlResponse, ControlState, Move};
 use crate::domain::{Command, OpId, OrderId, Outcome, Qty, ReservationId, StockKey, StockView};
-use crate::persistence::{ExportCursor, KeyImage, OrderImage};
+use crate::persistence::{ExportCursor, ExportPass, KeyImage, OrderImage, SegmentImage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -19,8 +19,8 @@ pub enum PeerRequest {
     Export {
         mv: Move,
         last: bool,
-        /// Order records instead of keys (a vnode holds both).
-        orders: bool,
+        /// Key snapshots, their record segments, or order records (a vnode holds all three).
+        pass: ExportPass,
         since: i64,
         after: Option<ExportCursor>,
         max_bytes: usize,
@@ -51,6 +51,7 @@ pub enum PeerReply {
     Forwarded(Vec<ForwardResult>),
     ExportPage {
         images: Vec<KeyImage>,
+        segments: Vec<SegmentImage>,
         orders: Vec<OrderImage>,
         next: Option<ExportCursor>,
         changed_upto: i64,
@@ -131,6 +132,9 @@ pub enum WireCommand {
         op_id: String,
         safety_stock: u64,
     },
+    Cancel {
+        reservation_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +182,7 @@ pub enum WireOutcome {
     },
     AlreadyReleased,
     AlreadyCommitted,
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -228,6 +233,9 @@ impl From<&Command> for WireCommand {
             Command::Release { reservation_id } => WireCommand::Release {
                 reservation_id: reservation_id.as_str().to_owned(),
             },
+            Command::Cancel { reservation_id } => WireCommand::Cancel {
+                reservation_id: reservation_id.as_str().to_owned(),
+            },
             Command::Receive { op_id, qty } => WireCommand::Receive {
                 op_id: op_id.as_str().to_owned(),
                 qty: qty.get(),
@@ -273,6 +281,9 @@ impl TryFrom<WireCommand> for Command {
                 reservation_id: rid(&reservation_id)?,
             },
             WireCommand::Release { reservation_id } => Command::Release {
+                reservation_id: rid(&reservation_id)?,
+            },
+            WireCommand::Cancel { reservation_id } => Command::Cancel {
                 reservation_id: rid(&reservation_id)?,
             },
             WireCommand::Receive { op_id, qty: q } => Command::Receive {
@@ -350,6 +361,7 @@ impl From<Outcome> for WireOutcome {
             Outcome::Expired { expires_at_ms } => WireOutcome::Expired { expires_at_ms },
             Outcome::AlreadyReleased => WireOutcome::AlreadyReleased,
             Outcome::AlreadyCommitted => WireOutcome::AlreadyCommitted,
+            Outcome::Cancelled => WireOutcome::Cancelled,
         }
     }
 }
@@ -410,6 +422,7 @@ impl From<WireOutcome> for Outcome {
             WireOutcome::Expired { expires_at_ms } => Outcome::Expired { expires_at_ms },
             WireOutcome::AlreadyReleased => Outcome::AlreadyReleased,
             WireOutcome::AlreadyCommitted => Outcome::AlreadyCommitted,
+            WireOutcome::Cancelled => Outcome::Cancelled,
         }
     }
 }

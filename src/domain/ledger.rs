@@ -38,6 +38,12 @@ pub enum Command {
     Release {
         reservation_id: ReservationId,
     },
+    /// Release the hold if there is one; if the id is unknown, remember it as cancelled, so a
+    /// reserve of it that arrives later (reordered, or delayed in a paused process) is
+    /// refused instead of holding stock nobody will release. The order coordinator's undo.
+    Cancel {
+        reservation_id: ReservationId,
+    },
     Receive {
         op_id: OpId,
         qty: Qty,
@@ -112,6 +118,8 @@ pub enum Outcome {
     },
     AlreadyReleased,
     AlreadyCommitted,
+    /// The id was cancelled before any reserve of it arrived: nothing is (or will be) held.
+    Cancelled,
 }
 
 /// A fact about one key, in journal order. Every event bumps `version` by one.
@@ -155,6 +163,15 @@ pub enum Event {
         counted: u64,
         at_ms: u64,
     },
+    /// A cancel of an id this key had never seen: remembered, so a late reserve is refused.
+    Cancelled {
+        reservation_id: ReservationId,
+        at_ms: u64,
+    },
+    /// Forgets every finished outcome (reservation or op) whose status changed before
+    /// `before_ms`. An event, not a side effect of taking a snapshot, so that every copy of
+    /// the key that replays the journal forgets exactly the same ids.
+    Forgot { before_ms: u64, at_ms: u64 },
 }
 
 impl Event {
@@ -166,9 +183,62 @@ impl Event {
             | Event::Released { at_ms, .. }
             | Event::Expired { at_ms, .. }
             | Event::OpApplied { at_ms, .. }
-            | Event::CountRefused { at_ms, .. } => *at_ms,
+            | Event::CountRefused { at_ms, .. }
+            | Event::Cancelled { at_ms, .. }
+            | Event::Forgot { at_ms, .. } => *at_ms,
         }
     }
+
+    /// The remembered ids whose record this event creates or changes (what a snapshot taken
+    /// after it must store again). `Forgot` changes none: what it forgets is dropped on load
+    /// by the forgotten horizon the snapshot carries.
+    pub fn touched(&self) -> Vec<RecordKey> {
+        let r = |id: &ReservationId| RecordKey::Reservation(id.clone());
+        match self {
+            Event::Reserved { reservation_id, .. }
+            | Event::ReserveRefused { reservation_id, .. }
+            | Event::Committed { reservation_id, .. }
+            | Event::Released { reservation_id, .. }
+            | Event::Cancelled { reservation_id, .. } => vec![r(reservation_id)],
+            Event::Expired {
+                reservation_ids, ..
+            } => reservation_ids.iter().map(r).collect(),
+            Event::OpApplied { op_id, .. } | Event::CountRefused { op_id, .. } => {
+                vec![RecordKey::Op(op_id.clone())]
+            }
+            Event::Forgot { .. } => Vec::new(),
+        }
+    }
+}
+
+/// The name of a remembered record: a reservation id or an op id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordKey {
+    Reservation(ReservationId),
+    Op(OpId),
+}
+
+/// One remembered record as stored outside the snapshot: its state as of some version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredRecord {
+    Reservation(ReservationId, Reservation),
+    Op(OpId, OpRecord),
+    /// The id is no longer remembered. Its earlier stored states (a hold, say) may predate
+    /// the `Forgot` that dropped it without any later state having been stored.
+    Gone(RecordKey),
+}
+
+/// A key's state without its remembered records: what a snapshot holds. Its size does not
+/// depend on how many ids the key has seen; the records are stored apart (`StoredRecord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockScalars {
+    pub on_hand: u64,
+    pub safety_stock: u64,
+    pub version: u64,
+    pub last_now_ms: u64,
+    pub next_seq: u64,
+    /// The horizon of the last `Forgot`: a stored finished record older than it is gone.
+    pub forgotten_before_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +251,8 @@ pub enum ReservationStatus {
     Refused {
         available: u64,
     },
+    /// Cancelled before any reserve arrived (a tombstone: no quantity, never held).
+    Cancelled,
 }
 
 /// What stockring remembers of one reservation id: its request (for C3), its hold, its fate.
@@ -231,6 +303,10 @@ pub struct StockState {
     version: u64,
     last_now_ms: u64,
     next_seq: u64,
+    forgotten_before_ms: u64,
+    /// When the oldest finished record finished (derived: it tells when a `Forgot` is due
+    /// without walking every record).
+    oldest_finished_ms: Option<u64>,
 }
 
 /// The parts of a `StockState`, for snapshots. `StockState::from_parts` re-derives and checks
@@ -244,6 +320,7 @@ pub struct StockParts {
     pub next_seq: u64,
     pub reservations: Vec<(ReservationId, Reservation)>,
     pub ops: Vec<(OpId, OpRecord)>,
+    pub forgotten_before_ms: u64,
 }
 
 /// A snapshot that does not satisfy the ledger's invariants.
@@ -352,6 +429,16 @@ impl StockState {
             Command::Release { reservation_id } => {
                 self.decide_finish(reservation_id, now_ms, false)
             }
+            Command::Cancel { reservation_id } => match self.reservations.get(reservation_id) {
+                Some(_) => self.decide_finish(reservation_id, now_ms, false),
+                None => (
+                    Outcome::Cancelled,
+                    Some(Event::Cancelled {
+                        reservation_id: reservation_id.clone(),
+                        at_ms: now_ms,
+                    }),
+                ),
+            },
             Command::Receive { op_id, qty } => {
                 self.decide_op(op_id, OpRequest::Receive { qty: qty.get() }, now_ms)
             }
@@ -380,6 +467,9 @@ impl StockState {
         now_ms: u64,
     ) -> (Outcome, Option<Event>) {
         if let Some(r) = self.reservations.get(id) {
+            if r.status == ReservationStatus::Cancelled {
+                return (Outcome::Cancelled, None);
+            }
             let same = r.qty == qty && r.ttl_ms == ttl_ms && &r.order_id == order_id;
             if !same {
                 return (Outcome::IdConflict, None);
@@ -496,6 +586,7 @@ impl StockState {
                 None,
             ),
             (ReservationStatus::Refused { .. }, _) => (Outcome::NotHeld, None),
+            (ReservationStatus::Cancelled, _) => (Outcome::Cancelled, None),
         }
     }
 
@@ -622,6 +713,7 @@ impl StockState {
                 };
                 let old = self.reservations.insert(reservation_id.clone(), r);
                 assert!(old.is_none(), "journal reuses a reservation id");
+                self.finished_at(at_ms);
             }
             Event::Committed { reservation_id, .. } => {
                 let qty = self.end_hold(reservation_id, ReservationStatus::Committed, at_ms);
@@ -638,8 +730,9 @@ impl StockState {
                     assert!(r.expires_at_ms <= at_ms, "hold expired early");
                     let first = self.expiry_queue.first().map(|(_, _, first)| first);
                     assert_eq!(first, Some(id), "expiries out of order");
-                    let expires_at_ms = r.expires_at_ms;
-                    self.end_hold(id, ReservationStatus::Expired, expires_at_ms);
+                    // Its status changed now (when the expiry was recorded), at or after
+                    // `expires_at_ms`: retention counts from here, like every other status.
+                    self.end_hold(id, ReservationStatus::Expired, at_ms);
                 }
             }
             Event::OpApplied { op_id, request, .. } => {
@@ -673,6 +766,25 @@ impl StockState {
                 }
                 self.record_op(op_id, *request, outcome, at_ms);
             }
+            Event::Cancelled { reservation_id, .. } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let r = Reservation {
+                    qty: 0,
+                    ttl_ms: 0,
+                    order_id: None,
+                    created_at_ms: at_ms,
+                    expires_at_ms: at_ms,
+                    available_after: 0,
+                    status: ReservationStatus::Cancelled,
+                    status_at_ms: at_ms,
+                    seq,
+                };
+                let old = self.reservations.insert(reservation_id.clone(), r);
+                assert!(old.is_none(), "journal cancels a known reservation");
+                self.finished_at(at_ms);
+            }
+            Event::Forgot { before_ms, .. } => self.forget(*before_ms),
             Event::CountRefused { op_id, counted, .. } => {
                 assert!(*counted < self.reserved, "refused a count that fits");
                 let outcome = Outcome::CountBelowReserved {
@@ -704,6 +816,34 @@ impl StockState {
             },
         );
         assert!(old.is_none(), "journal reuses an op id");
+        self.finished_at(at_ms);
+    }
+
+    /// A record finished at `at_ms` (times only grow, so the oldest stays the oldest).
+    fn finished_at(&mut self, at_ms: u64) {
+        self.oldest_finished_ms.get_or_insert(at_ms);
+    }
+
+    fn forget(&mut self, before_ms: u64) {
+        assert!(
+            before_ms >= self.forgotten_before_ms,
+            "forgotten horizon went back"
+        );
+        self.forgotten_before_ms = before_ms;
+        self.reservations
+            .retain(|_, r| r.status == ReservationStatus::Held || r.status_at_ms >= before_ms);
+        self.ops.retain(|_, op| op.at_ms >= before_ms);
+        self.oldest_finished_ms = self.oldest_finished();
+    }
+
+    fn oldest_finished(&self) -> Option<u64> {
+        let reservations = self
+            .reservations
+            .values()
+            .filter(|r| r.status != ReservationStatus::Held)
+            .map(|r| r.status_at_ms);
+        let ops = self.ops.values().map(|op| op.at_ms);
+        reservations.chain(ops).min()
     }
 
     /// Ends a held reservation; returns its quantity.
@@ -719,6 +859,7 @@ impl StockState {
         );
         r.status = status;
         r.status_at_ms = at_ms;
+        self.oldest_finished_ms.get_or_insert(at_ms);
         let removed = self
             .expiry_queue
             .remove(&(r.expires_at_ms, r.seq, id.clone()));
@@ -728,16 +869,25 @@ impl StockState {
         r.qty
     }
 
-    /// Forgets finished reservations and op outcomes older than `retention_ms`. Held
-    /// reservations are never forgotten. After this, a repeat of a forgotten id is new (C3 is
-    /// promised for the retention window, documented in the README).
-    pub fn prune(&mut self, now_ms: u64, retention_ms: u64) -> usize {
-        let horizon = now_ms.saturating_sub(retention_ms);
-        let before = self.reservations.len() + self.ops.len();
-        self.reservations
-            .retain(|_, r| r.status == ReservationStatus::Held || r.status_at_ms >= horizon);
-        self.ops.retain(|_, op| op.at_ms >= horizon);
-        before - (self.reservations.len() + self.ops.len())
+    /// The `Forgot` due at `now_ms`, applied: finished outcomes older than `retention_ms`
+    /// are forgotten (held reservations never are). After it, a repeat of a forgotten id is
+    /// new: C3 holds within the retention window. To keep the walk over every record rare,
+    /// it is due only once the oldest finished record is `retention_ms / 8` past the window,
+    /// so an outcome is remembered for at least `retention_ms` and at most 1.125 times it.
+    pub fn forget_due(&mut self, now_ms: u64, retention_ms: u64) -> Option<Event> {
+        let now_ms = now_ms.max(self.last_now_ms);
+        let before_ms = now_ms.saturating_sub(retention_ms);
+        let slack = retention_ms / 8;
+        let oldest = self.oldest_finished_ms?;
+        if oldest.saturating_add(slack) >= before_ms {
+            return None;
+        }
+        let event = Event::Forgot {
+            before_ms,
+            at_ms: now_ms,
+        };
+        self.apply_event(&event);
+        Some(event)
     }
 
     /// O(1) invariants, checked after every step in production too.
@@ -807,6 +957,7 @@ impl StockState {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            forgotten_before_ms: self.forgotten_before_ms,
         }
     }
 
@@ -817,6 +968,7 @@ impl StockState {
             version: parts.version,
             last_now_ms: parts.last_now_ms,
             next_seq: parts.next_seq,
+            forgotten_before_ms: parts.forgotten_before_ms,
             ..StockState::default()
         };
         for (id, r) in parts.reservations {
@@ -833,8 +985,91 @@ impl StockState {
             state.reservations.insert(id, r);
         }
         state.ops = parts.ops.into_iter().collect();
+        state.oldest_finished_ms = state.oldest_finished();
         state.check_full()?;
         Ok(state)
+    }
+
+    /// The snapshot part of the state (see `StockScalars`).
+    pub fn scalars(&self) -> StockScalars {
+        StockScalars {
+            on_hand: self.on_hand,
+            safety_stock: self.safety_stock,
+            version: self.version,
+            last_now_ms: self.last_now_ms,
+            next_seq: self.next_seq,
+            forgotten_before_ms: self.forgotten_before_ms,
+        }
+    }
+
+    /// The current record of `key`: its state, or `Gone` if it is not remembered.
+    pub fn record(&self, key: &RecordKey) -> StoredRecord {
+        let found = match key {
+            RecordKey::Reservation(id) => self
+                .reservations
+                .get(id)
+                .map(|r| StoredRecord::Reservation(id.clone(), r.clone())),
+            RecordKey::Op(id) => self
+                .ops
+                .get(id)
+                .map(|op| StoredRecord::Op(id.clone(), op.clone())),
+        };
+        found.unwrap_or_else(|| StoredRecord::Gone(key.clone()))
+    }
+
+    /// Every remembered record (held reservations included).
+    pub fn records(&self) -> impl Iterator<Item = StoredRecord> + '_ {
+        let reservations = self
+            .reservations
+            .iter()
+            .map(|(id, r)| StoredRecord::Reservation(id.clone(), r.clone()));
+        let ops = self
+            .ops
+            .iter()
+            .map(|(id, op)| StoredRecord::Op(id.clone(), op.clone()));
+        reservations.chain(ops)
+    }
+
+    /// Rebuilds a key from its snapshot and the records stored since it was last rewritten,
+    /// in the order they were stored: a later state of an id replaces an earlier one, and a
+    /// finished record older than the forgotten horizon is dropped, as `Forgot` dropped it.
+    /// Exactly the state that was stored, checked like any snapshot.
+    pub fn from_log(
+        scalars: StockScalars,
+        records: impl IntoIterator<Item = StoredRecord>,
+    ) -> Result<Self, CorruptState> {
+        let mut reservations: BTreeMap<ReservationId, Reservation> = BTreeMap::new();
+        let mut ops: BTreeMap<OpId, OpRecord> = BTreeMap::new();
+        for record in records {
+            match record {
+                StoredRecord::Reservation(id, r) => {
+                    reservations.insert(id, r);
+                }
+                StoredRecord::Op(id, op) => {
+                    ops.insert(id, op);
+                }
+                StoredRecord::Gone(RecordKey::Reservation(id)) => {
+                    reservations.remove(&id);
+                }
+                StoredRecord::Gone(RecordKey::Op(id)) => {
+                    ops.remove(&id);
+                }
+            }
+        }
+        let horizon = scalars.forgotten_before_ms;
+        reservations
+            .retain(|_, r| r.status == ReservationStatus::Held || r.status_at_ms >= horizon);
+        ops.retain(|_, op| op.at_ms >= horizon);
+        Self::from_parts(StockParts {
+            on_hand: scalars.on_hand,
+            safety_stock: scalars.safety_stock,
+            version: scalars.version,
+            last_now_ms: scalars.last_now_ms,
+            next_seq: scalars.next_seq,
+            reservations: reservations.into_iter().collect(),
+            ops: ops.into_iter().collect(),
+            forgotten_before_ms: horizon,
+        })
     }
 }
 

@@ -3,9 +3,10 @@
 //! the live state, and snapshot round trips.
 
 use super::ids::{OpId, OrderId, ReservationId};
-use super::ledger::{Command, Event, OpRequest, Outcome, StockState, StockView};
+use super::ledger::{Command, Event, OpRequest, Outcome, RecordKey, StockState, StockView};
 use super::qty::Qty;
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum St {
@@ -14,6 +15,7 @@ enum St {
     Released,
     Expired,
     Refused(u64),
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ struct MHold {
     expires: u64,
     avail_after: u64,
     st: St,
+    /// When `st` last changed.
+    st_at: u64,
 }
 
 #[derive(Default)]
@@ -32,7 +36,8 @@ struct Model {
     on_hand: u64,
     safety: u64,
     holds: Vec<MHold>,
-    ops: Vec<(String, OpRequest, Outcome)>,
+    /// (id, request, outcome, at)
+    ops: Vec<(String, OpRequest, Outcome, u64)>,
 }
 
 impl Model {
@@ -58,7 +63,14 @@ impl Model {
         due.sort_by_key(|&i| (self.holds[i].expires, i));
         for i in due {
             self.holds[i].st = St::Expired;
+            self.holds[i].st_at = now;
         }
+    }
+
+    /// Forgets finished records older than `before`.
+    fn forget(&mut self, before: u64) {
+        self.holds.retain(|h| h.st == St::Held || h.st_at >= before);
+        self.ops.retain(|(_, _, _, at)| *at >= before);
     }
 
     fn view(&self, now: u64) -> (u64, u64, u64) {
@@ -87,14 +99,33 @@ impl Model {
                 let order = order_id.as_ref().map(|o| o.to_string());
                 self.reserve(reservation_id.as_str(), qty.get(), *ttl_ms, order, now)
             }
-            Command::Commit { reservation_id } => self.finish(reservation_id.as_str(), true),
-            Command::Release { reservation_id } => self.finish(reservation_id.as_str(), false),
+            Command::Commit { reservation_id } => self.finish(reservation_id.as_str(), true, now),
+            Command::Release { reservation_id } => self.finish(reservation_id.as_str(), false, now),
+            Command::Cancel { reservation_id } => {
+                let id = reservation_id.as_str();
+                if self.holds.iter().any(|h| h.id == id) {
+                    return self.finish(id, false, now);
+                }
+                self.holds.push(MHold {
+                    id: id.into(),
+                    qty: 0,
+                    ttl: 0,
+                    order: None,
+                    expires: now,
+                    avail_after: 0,
+                    st: St::Cancelled,
+                    st_at: now,
+                });
+                Outcome::Cancelled
+            }
             Command::Receive { op_id, qty } => {
-                self.op(op_id.as_str(), OpRequest::Receive { qty: qty.get() })
+                self.op(op_id.as_str(), OpRequest::Receive { qty: qty.get() }, now)
             }
-            Command::SetOnHand { op_id, on_hand } => {
-                self.op(op_id.as_str(), OpRequest::SetOnHand { on_hand: *on_hand })
-            }
+            Command::SetOnHand { op_id, on_hand } => self.op(
+                op_id.as_str(),
+                OpRequest::SetOnHand { on_hand: *on_hand },
+                now,
+            ),
             Command::SetSafetyStock {
                 op_id,
                 safety_stock,
@@ -103,6 +134,7 @@ impl Model {
                 OpRequest::SetSafetyStock {
                     safety_stock: *safety_stock,
                 },
+                now,
             ),
         }
     }
@@ -116,6 +148,9 @@ impl Model {
         now: u64,
     ) -> Outcome {
         if let Some(h) = self.holds.iter().find(|h| h.id == id) {
+            if h.st == St::Cancelled {
+                return Outcome::Cancelled;
+            }
             if h.qty != qty || h.ttl != ttl || h.order != order {
                 return Outcome::IdConflict;
             }
@@ -162,17 +197,19 @@ impl Model {
             expires,
             avail_after,
             st,
+            st_at: now,
         });
         outcome
     }
 
-    fn finish(&mut self, id: &str, commit: bool) -> Outcome {
+    fn finish(&mut self, id: &str, commit: bool, now: u64) -> Outcome {
         let Some(h) = self.holds.iter_mut().find(|h| h.id == id) else {
             return Outcome::UnknownReservation;
         };
         match (h.st, commit) {
             (St::Held, true) => {
                 h.st = St::Committed;
+                h.st_at = now;
                 self.on_hand -= h.qty;
                 Outcome::Committed {
                     qty: h.qty,
@@ -181,6 +218,7 @@ impl Model {
             }
             (St::Held, false) => {
                 h.st = St::Released;
+                h.st_at = now;
                 Outcome::Released {
                     qty: h.qty,
                     replay: false,
@@ -200,11 +238,12 @@ impl Model {
                 expires_at_ms: h.expires,
             },
             (St::Refused(_), _) => Outcome::NotHeld,
+            (St::Cancelled, _) => Outcome::Cancelled,
         }
     }
 
-    fn op(&mut self, id: &str, req: OpRequest) -> Outcome {
-        if let Some((_, r, o)) = self.ops.iter().find(|(i, _, _)| i == id) {
+    fn op(&mut self, id: &str, req: OpRequest, now: u64) -> Outcome {
+        if let Some((_, r, o, _)) = self.ops.iter().find(|(i, _, _, _)| i == id) {
             if *r != req {
                 return Outcome::IdConflict;
             }
@@ -226,7 +265,7 @@ impl Model {
                     shortfall: reserved - on_hand,
                     replay: false,
                 };
-                self.ops.push((id.into(), req, o.clone()));
+                self.ops.push((id.into(), req, o.clone(), now));
                 return o;
             }
             OpRequest::SetOnHand { on_hand } => (on_hand, self.safety),
@@ -241,15 +280,26 @@ impl Model {
             available: self.available(),
             replay: false,
         };
-        self.ops.push((id.into(), req, o.clone()));
+        self.ops.push((id.into(), req, o.clone(), now));
         o
     }
 }
 
 #[derive(Debug, Clone)]
 enum Step {
-    Cmd { cmd: Command, advance_ms: u64 },
-    Tick { advance_ms: u64 },
+    Cmd {
+        cmd: Command,
+        advance_ms: u64,
+    },
+    Tick {
+        advance_ms: u64,
+    },
+    /// Outcomes older than `retention_ms` are forgotten (when due).
+    Forget {
+        retention_ms: u64,
+    },
+    /// A snapshot is stored here (the records touched since the last one are appended).
+    Snapshot,
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -261,7 +311,8 @@ fn command() -> impl Strategy<Value = Command> {
         4 => (rid.clone(), qty.clone(), 1u64..60, order)
             .prop_map(|(reservation_id, qty, ttl_ms, order_id)| Command::Reserve { reservation_id, qty, ttl_ms, order_id }),
         2 => rid.clone().prop_map(|reservation_id| Command::Commit { reservation_id }),
-        2 => rid.prop_map(|reservation_id| Command::Release { reservation_id }),
+        2 => rid.clone().prop_map(|reservation_id| Command::Release { reservation_id }),
+        1 => rid.prop_map(|reservation_id| Command::Cancel { reservation_id }),
         2 => (oid.clone(), qty).prop_map(|(op_id, qty)| Command::Receive { op_id, qty }),
         1 => (oid.clone(), 0u64..80).prop_map(|(op_id, on_hand)| Command::SetOnHand { op_id, on_hand }),
         1 => (oid, 0u64..10).prop_map(|(op_id, safety_stock)| Command::SetSafetyStock { op_id, safety_stock }),
@@ -272,6 +323,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => (command(), 0u64..20).prop_map(|(cmd, advance_ms)| Step::Cmd { cmd, advance_ms }),
         1 => (0u64..40).prop_map(|advance_ms| Step::Tick { advance_ms }),
+        1 => (0u64..200).prop_map(|retention_ms| Step::Forget { retention_ms }),
+        1 => Just(Step::Snapshot),
     ]
 }
 
@@ -286,11 +339,16 @@ fn replay(journal: &[Event]) -> StockState {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// The ledger against the model, step by step; the journal replays to the same state; and
+    /// the state as storage keeps it — snapshots that append the records touched since the
+    /// previous one, read back in order with the forgotten horizon applied — is the same state.
     #[test]
     fn ledger_matches_model_and_replays_exactly(steps in prop::collection::vec(step(), 1..120)) {
         let mut state = StockState::default();
         let mut model = Model::default();
         let mut journal: Vec<Event> = Vec::new();
+        let mut stored = Vec::new();
+        let mut touched: BTreeSet<RecordKey> = BTreeSet::new();
         let mut now = 1_000u64;
         for step in &steps {
             match step {
@@ -310,15 +368,32 @@ proptest! {
                                 prop_assert!(r.expires_at_ms <= *at_ms, "expired early");
                             }
                         }
+                        touched.extend(e.touched());
                     }
                     journal.extend(events);
                 }
                 Step::Tick { advance_ms } => {
                     now += advance_ms;
                     if let Some(e) = state.expire_due(now) {
+                        touched.extend(e.touched());
                         journal.push(e);
                     }
                     model.expire(now);
+                }
+                Step::Forget { retention_ms } => {
+                    if let Some(e) = state.forget_due(now, *retention_ms) {
+                        let Event::Forgot { before_ms, .. } = e else {
+                            panic!("forget_due made {e:?}");
+                        };
+                        model.forget(before_ms);
+                        journal.push(e);
+                    }
+                }
+                Step::Snapshot => {
+                    stored.extend(touched.iter().map(|k| state.record(k)));
+                    touched.clear();
+                    let back = StockState::from_log(state.scalars(), stored.clone());
+                    prop_assert_eq!(back.as_ref(), Ok(&state), "the stored state differs");
                 }
             }
             prop_assert!(state.check_full().is_ok(), "{:?}", state.check_full());
@@ -334,6 +409,10 @@ proptest! {
         prop_assert_eq!(&replay(&journal), &state);
         let round = StockState::from_parts(state.to_parts()).unwrap();
         prop_assert_eq!(&round, &state);
+        // The last snapshot plus the rest of the journal replayed on it.
+        stored.extend(touched.iter().map(|k| state.record(k)));
+        let back = StockState::from_log(state.scalars(), stored).unwrap();
+        prop_assert_eq!(&back, &state);
     }
 }
 

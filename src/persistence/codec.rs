@@ -1,17 +1,27 @@
-//! The on-disk formats of events, key snapshots and order records. Domain types are not
-//! serializable on purpose (their shape is free to change); these DTOs are the contract with
-//! every journal ever written. Each blob is `[format version: u8][FNV-1a 64 of payload: 8 bytes
-//! LE][MessagePack payload]`, so a torn or foreign blob is detected, never misread.
+//! The on-disk formats of events, key snapshots, record segments and order records. Domain
+//! types are not serializable on purpose (their shape is free to change); these DTOs are the
+//! contract with every journal ever written. Each blob is `[format: u8][FNV-1a 64 of payload:
+//! 8 bytes LE][MessagePack payload]`, so a torn or foreign blob is detected, never misread.
+//! The format byte also names what the blob is: an event, order or v1 snapshot (1), a
+//! snapshot of a key's scalars (2), a segment of its remembered records (3).
 
 use crate::domain::ids::{IdError, OpId, OrderId, ReservationId, Sku, WarehouseId};
 use crate::domain::ledger::{
-    Event, OpRecord, OpRequest, Outcome, Reservation, ReservationStatus, StockParts, StockState,
+    Event, OpRecord, OpRequest, Outcome, RecordKey, Reservation, ReservationStatus, StockParts,
+    StockScalars, StockState, StoredRecord,
 };
 use crate::domain::order::{Order, OrderLine, OrderRequest, OrderStatus};
 use crate::domain::Qty;
 use serde::{Deserialize, Serialize};
 
 const FORMAT_V1: u8 = 1;
+/// A key's snapshot without its records (schema v5 on).
+const FORMAT_SCALARS: u8 = 2;
+/// A segment of a key's remembered records.
+const FORMAT_RECORDS: u8 = 3;
+/// A segment is cut once its records reach about this many bytes, so that any one stored
+/// value (and any one handoff item) stays small whatever the key has seen.
+pub const SEGMENT_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -38,17 +48,25 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 fn seal<T: Serialize>(value: &T) -> Vec<u8> {
+    seal_as(FORMAT_V1, value)
+}
+
+fn seal_as<T: Serialize>(format: u8, value: &T) -> Vec<u8> {
     // Encoding plain owned data into a Vec cannot fail.
     let payload = rmp_serde::to_vec(value).expect("messagepack encoding of plain data");
     let mut out = Vec::with_capacity(payload.len() + 9);
-    out.push(FORMAT_V1);
+    out.push(format);
     out.extend_from_slice(&fnv1a(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
 }
 
 fn open<T: for<'de> Deserialize<'de>>(blob: &[u8]) -> Result<T, CodecError> {
-    if blob.len() < 9 || blob[0] != FORMAT_V1 {
+    open_as(FORMAT_V1, blob)
+}
+
+fn open_as<T: for<'de> Deserialize<'de>>(format: u8, blob: &[u8]) -> Result<T, CodecError> {
+    if blob.len() < 9 || blob[0] != format {
         return Err(CodecError::Format);
     }
     let sum = u64::from_le_bytes(blob[1..9].try_into().map_err(|_| CodecError::Format)?);
@@ -95,6 +113,14 @@ enum EventV1 {
     CountRefused {
         op: String,
         counted: u64,
+        at: u64,
+    },
+    Cancelled {
+        id: String,
+        at: u64,
+    },
+    Forgot {
+        before: u64,
         at: u64,
     },
 }
@@ -213,6 +239,17 @@ pub fn encode_event(e: &Event) -> Vec<u8> {
             counted: *counted,
             at: *at_ms,
         },
+        Event::Cancelled {
+            reservation_id,
+            at_ms,
+        } => EventV1::Cancelled {
+            id: reservation_id.as_str().into(),
+            at: *at_ms,
+        },
+        Event::Forgot { before_ms, at_ms } => EventV1::Forgot {
+            before: *before_ms,
+            at: *at_ms,
+        },
     };
     seal(&dto)
 }
@@ -269,6 +306,14 @@ pub fn decode_event(blob: &[u8]) -> Result<Event, CodecError> {
             counted,
             at_ms: at,
         },
+        EventV1::Cancelled { id, at } => Event::Cancelled {
+            reservation_id: rid(&id)?,
+            at_ms: at,
+        },
+        EventV1::Forgot { before, at } => Event::Forgot {
+            before_ms: before,
+            at_ms: at,
+        },
     })
 }
 
@@ -292,7 +337,7 @@ struct ReservationV1 {
     created_at: u64,
     expires_at: u64,
     available_after: u64,
-    /// 0 held, 1 committed, 2 released, 3 expired, 4 refused.
+    /// 0 held, 1 committed, 2 released, 3 expired, 4 refused, 5 cancelled.
     status: u8,
     status_at: u64,
     seq: u64,
@@ -316,37 +361,132 @@ fn encode_status(s: ReservationStatus) -> u8 {
         ReservationStatus::Released => 2,
         ReservationStatus::Expired => 3,
         ReservationStatus::Refused { .. } => 4,
+        ReservationStatus::Cancelled => 5,
     }
 }
 
-pub fn encode_snapshot(state: &StockState) -> Vec<u8> {
-    let p = state.to_parts();
-    let reservations = p
-        .reservations
-        .iter()
-        .map(|(id, r)| ReservationV1 {
-            id: id.as_str().into(),
-            qty: r.qty,
-            ttl: r.ttl_ms,
-            order: ostr(&r.order_id),
-            created_at: r.created_at_ms,
-            expires_at: r.expires_at_ms,
-            available_after: r.available_after,
-            status: encode_status(r.status),
-            status_at: r.status_at_ms,
-            seq: r.seq,
-        })
-        .collect();
-    let ops = p.ops.iter().map(|(id, op)| encode_op(id, op)).collect();
-    seal(&SnapshotV1 {
-        on_hand: p.on_hand,
-        safety_stock: p.safety_stock,
-        version: p.version,
-        last_now: p.last_now_ms,
-        next_seq: p.next_seq,
-        reservations,
-        ops,
+fn encode_reservation(id: &ReservationId, r: &Reservation) -> ReservationV1 {
+    ReservationV1 {
+        id: id.as_str().into(),
+        qty: r.qty,
+        ttl: r.ttl_ms,
+        order: ostr(&r.order_id),
+        created_at: r.created_at_ms,
+        expires_at: r.expires_at_ms,
+        available_after: r.available_after,
+        status: encode_status(r.status),
+        status_at: r.status_at_ms,
+        seq: r.seq,
+    }
+}
+
+/// A key's snapshot since schema v5: its scalars only (see `StockScalars`); the records are
+/// stored apart, in segments.
+#[derive(Serialize, Deserialize)]
+struct ScalarsV2 {
+    on_hand: u64,
+    safety_stock: u64,
+    version: u64,
+    last_now: u64,
+    next_seq: u64,
+    forgotten_before: u64,
+}
+
+pub fn encode_scalars(s: &StockScalars) -> Vec<u8> {
+    seal_as(
+        FORMAT_SCALARS,
+        &ScalarsV2 {
+            on_hand: s.on_hand,
+            safety_stock: s.safety_stock,
+            version: s.version,
+            last_now: s.last_now_ms,
+            next_seq: s.next_seq,
+            forgotten_before: s.forgotten_before_ms,
+        },
+    )
+}
+
+pub fn decode_scalars(blob: &[u8]) -> Result<StockScalars, CodecError> {
+    let s: ScalarsV2 = open_as(FORMAT_SCALARS, blob)?;
+    Ok(StockScalars {
+        on_hand: s.on_hand,
+        safety_stock: s.safety_stock,
+        version: s.version,
+        last_now_ms: s.last_now,
+        next_seq: s.next_seq,
+        forgotten_before_ms: s.forgotten_before,
     })
+}
+
+#[derive(Serialize, Deserialize)]
+enum RecordV1 {
+    Reservation(ReservationV1),
+    Op(OpV1),
+    /// `StoredRecord::Gone` of a reservation id.
+    GoneReservation(String),
+    /// `StoredRecord::Gone` of an op id.
+    GoneOp(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct SegmentV1 {
+    records: Vec<RecordV1>,
+}
+
+/// Records as segments of about `SEGMENT_BYTES` each, in the order given (which is the order
+/// they must be read back in).
+pub fn encode_segments(records: impl IntoIterator<Item = StoredRecord>) -> Vec<Vec<u8>> {
+    let mut segments = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0usize;
+    for record in records {
+        let (dto, size) = match &record {
+            StoredRecord::Reservation(id, r) => (
+                RecordV1::Reservation(encode_reservation(id, r)),
+                id.as_str().len() + r.order_id.as_ref().map_or(0, |o| o.as_str().len()) + 64,
+            ),
+            StoredRecord::Op(id, op) => (RecordV1::Op(encode_op(id, op)), id.as_str().len() + 64),
+            StoredRecord::Gone(RecordKey::Reservation(id)) => (
+                RecordV1::GoneReservation(id.as_str().into()),
+                id.as_str().len() + 8,
+            ),
+            StoredRecord::Gone(RecordKey::Op(id)) => {
+                (RecordV1::GoneOp(id.as_str().into()), id.as_str().len() + 8)
+            }
+        };
+        current.push(dto);
+        bytes += size;
+        if bytes >= SEGMENT_BYTES {
+            segments.push(seal_as(
+                FORMAT_RECORDS,
+                &SegmentV1 {
+                    records: std::mem::take(&mut current),
+                },
+            ));
+            bytes = 0;
+        }
+    }
+    if !current.is_empty() {
+        segments.push(seal_as(FORMAT_RECORDS, &SegmentV1 { records: current }));
+    }
+    segments
+}
+
+pub fn decode_segment(blob: &[u8]) -> Result<Vec<StoredRecord>, CodecError> {
+    let s: SegmentV1 = open_as(FORMAT_RECORDS, blob)?;
+    s.records
+        .into_iter()
+        .map(|r| match r {
+            RecordV1::Reservation(r) => {
+                decode_reservation(r).map(|(id, r)| StoredRecord::Reservation(id, r))
+            }
+            RecordV1::Op(op) => decode_op(op).map(|(id, op)| StoredRecord::Op(id, op)),
+            RecordV1::GoneReservation(id) => {
+                Ok(StoredRecord::Gone(RecordKey::Reservation(rid(&id)?)))
+            }
+            RecordV1::GoneOp(id) => Ok(StoredRecord::Gone(RecordKey::Op(OpId::parse(&id)?))),
+        })
+        .collect()
 }
 
 fn encode_op(id: &OpId, op: &OpRecord) -> OpV1 {
@@ -409,6 +549,7 @@ fn decode_reservation(r: ReservationV1) -> Result<(ReservationId, Reservation), 
         4 => ReservationStatus::Refused {
             available: r.available_after,
         },
+        5 => ReservationStatus::Cancelled,
         _ => return Err(CodecError::Invalid("reservation status")),
     };
     let res = Reservation {
@@ -425,7 +566,28 @@ fn decode_reservation(r: ReservationV1) -> Result<(ReservationId, Reservation), 
     Ok((rid(&r.id)?, res))
 }
 
-pub fn decode_snapshot(blob: &[u8]) -> Result<StockState, CodecError> {
+/// Writes a snapshot as schemas v1–v4 stored it: only to build old files in tests.
+#[cfg(test)]
+pub fn encode_snapshot_v1(state: &StockState) -> Vec<u8> {
+    let p = state.to_parts();
+    seal(&SnapshotV1 {
+        on_hand: p.on_hand,
+        safety_stock: p.safety_stock,
+        version: p.version,
+        last_now: p.last_now_ms,
+        next_seq: p.next_seq,
+        reservations: p
+            .reservations
+            .iter()
+            .map(|(id, r)| encode_reservation(id, r))
+            .collect(),
+        ops: p.ops.iter().map(|(id, op)| encode_op(id, op)).collect(),
+    })
+}
+
+/// A snapshot as schemas v1–v4 stored it (the whole state, records included); read once, by
+/// the migration to v5.
+pub fn decode_snapshot_v1(blob: &[u8]) -> Result<StockState, CodecError> {
     let s: SnapshotV1 = open(blob)?;
     let parts = StockParts {
         on_hand: s.on_hand,
@@ -439,6 +601,7 @@ pub fn decode_snapshot(blob: &[u8]) -> Result<StockState, CodecError> {
             .map(decode_reservation)
             .collect::<Result<_, _>>()?,
         ops: s.ops.into_iter().map(decode_op).collect::<Result<_, _>>()?,
+        forgotten_before_ms: 0,
     };
     StockState::from_parts(parts).map_err(|e| CodecError::Invalid(e.0))
 }
@@ -573,12 +736,61 @@ mod tests {
         for e in &events {
             assert_eq!(&decode_event(&encode_event(e)).unwrap(), e);
         }
-        let blob = encode_snapshot(&s);
-        assert_eq!(decode_snapshot(&blob).unwrap(), s);
-        let mut bad = blob.clone();
+        let cancel = Command::Cancel {
+            reservation_id: ReservationId::parse("z").unwrap(),
+        };
+        events.extend(s.apply(&cancel, 22).1);
+        events.extend(s.apply(&reserve("d", 1), 10_000).1);
+        events.extend(s.forget_due(10_000, 100));
+        assert!(matches!(events.last(), Some(Event::Forgot { .. })));
+        for e in &events {
+            assert_eq!(&decode_event(&encode_event(e)).unwrap(), e);
+        }
+        let scalars = encode_scalars(&s.scalars());
+        let segments = encode_segments(s.records());
+        let records = segments.iter().flat_map(|b| decode_segment(b).unwrap());
+        let back = StockState::from_log(decode_scalars(&scalars).unwrap(), records).unwrap();
+        assert_eq!(back, s);
+        let mut bad = scalars.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(matches!(decode_snapshot(&bad), Err(CodecError::Checksum)));
+        assert!(matches!(decode_scalars(&bad), Err(CodecError::Checksum)));
         assert!(matches!(decode_event(&[2, 0]), Err(CodecError::Format)));
+        // A blob of one kind is never read as another.
+        assert!(matches!(decode_segment(&scalars), Err(CodecError::Format)));
+        assert!(matches!(
+            decode_scalars(&segments[0]),
+            Err(CodecError::Format)
+        ));
+        let v1 = encode_snapshot_v1(&s);
+        assert!(matches!(decode_scalars(&v1), Err(CodecError::Format)));
+    }
+
+    #[test]
+    fn segments_are_cut_by_size_and_keep_their_order() {
+        let mut s = StockState::default();
+        let _ = s.apply(
+            &Command::Receive {
+                op_id: OpId::parse("op").unwrap(),
+                qty: Qty::new(1).unwrap(),
+            },
+            1,
+        );
+        let id = "x".repeat(100);
+        for i in 0..5_000 {
+            let reserve = Command::Reserve {
+                reservation_id: ReservationId::parse(&format!("{id}{i}")).unwrap(),
+                qty: Qty::new(5).unwrap(),
+                ttl_ms: 5,
+                order_id: None,
+            };
+            let _ = s.apply(&reserve, 2 + i);
+        }
+        let segments = encode_segments(s.records());
+        assert!(segments.len() > 1);
+        assert!(segments.iter().all(|b| b.len() < 2 * SEGMENT_BYTES));
+        let records = segments.iter().flat_map(|b| decode_segment(b).unwrap());
+        let back = StockState::from_log(s.scalars(), records).unwrap();
+        assert_eq!(back, s);
     }
 }

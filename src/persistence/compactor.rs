@@ -12,6 +12,7 @@
 //! actor's newer snapshot landed meanwhile, perhaps one that forgot ids past retention, and a
 //! result built on the older one would bring those ids back.
 
+use super::keys;
 use super::store::{self, StorageError};
 use super::tails::Row;
 use super::writer::{Request, WriterHandle};
@@ -36,7 +37,7 @@ pub enum Compaction {
     /// (`None`: the key had no snapshot).
     Image {
         version: u64,
-        state: Vec<u8>,
+        write: super::keys::KeyWrite,
         based_on: Option<i64>,
     },
     /// A snapshot at least as new as the rows was stored meanwhile.
@@ -125,15 +126,19 @@ fn lower_priority() {
 fn lower_priority() {}
 
 fn rebuild(conn: &Connection, job: &Job) -> Result<Compaction, StorageError> {
-    let snapshot = store::read_snapshot(conn, &job.key)?;
-    let blob = snapshot.as_ref().map(|s| s.state.as_slice());
-    let loaded = store::rebuild_key(&job.key, blob, &job.rows)?;
+    let snapshot = keys::read_key(conn, &job.key)?;
+    let segments = match &snapshot {
+        Some(s) => keys::read_segments(conn, &job.key, &s.log)?,
+        None => Vec::new(),
+    };
+    let stored = snapshot.as_ref().map(|s| (s, segments.as_slice()));
+    let loaded = keys::rebuild(&job.key, stored, &job.rows)?;
     if loaded.tail_events == 0 {
         return Ok(Compaction::NothingToDo);
     }
     Ok(Compaction::Image {
         version: loaded.state.version(),
-        state: super::codec::encode_snapshot(&loaded.state),
+        write: super::writer::compaction_write(&loaded),
         based_on: snapshot.map(|s| s.changed),
     })
 }

@@ -4,9 +4,12 @@
 pub mod backup;
 pub mod codec;
 pub mod compactor;
+pub mod keys;
 pub mod store;
 pub mod tails;
 pub mod writer;
 
-pub use store::{ExportCursor, KeyImage, LoadedKey, OrderImage, StorageError};
+pub use store::{
+    ExportCursor, ExportPass, KeyImage, LoadedKey, OrderImage, SegmentImage, StorageError,
+};
 pub use writer::{ExportPage, Request, Writer, WriterHandle};

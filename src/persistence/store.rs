@@ -6,22 +6,27 @@
 //!   no per-key index (a group commit then writes a few sequential pages, not one random index
 //!   page per event); `version` is the key's version after the event, so a load can check it
 //!   has every event. Which rows belong to which key is kept in memory (`tails.rs`);
-//! - `snapshots(key, version, state, hash, changed)`: a key's state as of `version` (a rowid
-//!   table, so a snapshot of a few KB stays on its leaf page); a snapshot never replaces a
-//!   newer one; `hash` (indexed) finds a vnode's keys, `changed` what a handoff must resend. Journal rows below the oldest row any key still needs are deleted in ranges;
+//! - `snapshots(key, version, state, hash, changed, gen, segments, gen_records, gen_bytes)`
+//!   and `segments(key, gen, seg, records, hash, changed)`: a key's state as of `version`,
+//!   its scalars in the row and its remembered records in segments (see `keys.rs`); a
+//!   snapshot never replaces a newer one; `hash` (indexed) finds a vnode's keys and segments,
+//!   `changed` what a handoff must resend. Journal rows below the oldest row any key still
+//!   needs are deleted in ranges;
 //! - `orders(order_id, status, record, updated_at_ms)`: order records (C3 for orders, recovery).
 
 use super::codec::{self, CodecError};
 use super::tails::{Row, Tails};
+use crate::domain::ledger::RecordKey;
 use crate::domain::order::Order;
 use crate::domain::placement::stored_hash;
 use crate::domain::StockState;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The schema this binary writes. Older files are migrated forward on open; newer ones refused.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 pub const DB_FILE: &str = "stockring.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,8 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("corrupt data for {what}: {source}")]
     Corrupt { what: String, source: CodecError },
+    #[error("segment {seg} of generation {gen} of {key} is missing")]
+    MissingSegment { key: String, gen: u64, seg: u64 },
     #[error("journal of {key} has a gap: expected version {expected}, found {found}")]
     JournalGap {
         key: String,
@@ -185,74 +192,99 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
              COMMIT;",
         )?;
     }
+    if found < 5 {
+        migrate_to_segments(conn)?;
+    }
     // Future migrations go here as `if found < N { ... PRAGMA user_version = N; }`.
     Ok(())
 }
 
-/// A key rebuilt from its snapshot and journal tail.
+/// v5: a snapshot holds the key's scalars only; its remembered records (every id within the
+/// retention, held or finished) move to segments. A v4 snapshot carried them all, so a
+/// flash-sale key's snapshot grew with every refused id (4 MB after 100,000 attempts), and
+/// every snapshot rewrote it whole. Each v4 snapshot becomes a v5 row of generation 0 and its
+/// records; one transaction, so a crash leaves the file at v4.
+fn migrate_to_segments(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE snapshots ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE snapshots ADD COLUMN segments INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE snapshots ADD COLUMN gen_records INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE snapshots ADD COLUMN gen_bytes INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE segments (
+             key TEXT NOT NULL,
+             gen INTEGER NOT NULL,
+             seg INTEGER NOT NULL,
+             records BLOB NOT NULL,
+             hash INTEGER NOT NULL,
+             changed INTEGER NOT NULL,
+             PRIMARY KEY (key, gen, seg)
+         );
+         CREATE INDEX segments_by_hash ON segments(hash, key, gen, seg);",
+    )?;
+    let converted = (|| {
+        let mut rows = Vec::new();
+        {
+            let mut stmt = conn.prepare("SELECT key, state, changed FROM snapshots")?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                rows.push((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ));
+            }
+        }
+        for (key, blob, changed) in rows {
+            let state =
+                codec::decode_snapshot_v1(&blob).map_err(|source| StorageError::Corrupt {
+                    what: key.clone(),
+                    source,
+                })?;
+            let segments = codec::encode_segments(state.records());
+            let mut log = super::keys::SegmentLog {
+                records: state.record_count(),
+                ..Default::default()
+            };
+            for blob in &segments {
+                conn.prepare_cached(
+                    "INSERT INTO segments (key, gen, seg, records, hash, changed)
+                     VALUES (?1, 0, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    key,
+                    log.count as i64,
+                    blob,
+                    stored_hash(&key),
+                    changed
+                ])?;
+                log.count += 1;
+                log.bytes += blob.len() as u64;
+            }
+            let scalars = codec::encode_scalars(&state.scalars());
+            super::keys::put_row(conn, &key, state.version(), &scalars, &log, changed)?;
+        }
+        conn.execute_batch("PRAGMA user_version = 5; COMMIT;")?;
+        Ok::<(), StorageError>(())
+    })();
+    if converted.is_err() {
+        let _ = conn.execute_batch("ROLLBACK;");
+    }
+    converted
+}
+
+/// A key rebuilt from its snapshot, segments and journal tail (see `keys.rs`).
 pub struct LoadedKey {
     pub state: StockState,
     /// Events replayed on top of the snapshot (drives the next snapshot).
     pub tail_events: u64,
+    /// The records those events touched: what the next snapshot must store again.
+    pub touched: BTreeSet<RecordKey>,
+    /// Record states the key's segment generation holds (live or dead).
+    pub stored_records: u64,
 }
 
-/// Rebuilds one key: latest snapshot, then its journal rows (`rows`, the committed rows the
-/// tail index holds in memory) past the snapshot's version, checking that no version is missing.
-pub fn load_key(conn: &Connection, key: &str, rows: &[Row]) -> Result<LoadedKey, StorageError> {
-    let snapshot = read_snapshot(conn, key)?;
-    rebuild_key(key, snapshot.as_ref().map(|s| s.state.as_slice()), rows)
-}
-
-/// A key's stored snapshot, as stored.
-pub struct StoredSnapshot {
-    pub state: Vec<u8>,
-    /// Its change number: a new one with every write of the row.
-    pub changed: i64,
-}
-
-pub fn read_snapshot(conn: &Connection, key: &str) -> Result<Option<StoredSnapshot>, StorageError> {
-    Ok(conn
-        .prepare_cached("SELECT state, changed FROM snapshots WHERE key = ?1")?
-        .query_row(params![key], |r| {
-            Ok(StoredSnapshot {
-                state: r.get(0)?,
-                changed: r.get(1)?,
-            })
-        })
-        .optional()?)
-}
-
-/// A key from its snapshot (`None`: it has none) and its journal rows.
-pub fn rebuild_key(
-    key: &str,
-    snapshot: Option<&[u8]>,
-    rows: &[Row],
-) -> Result<LoadedKey, StorageError> {
-    let corrupt = |source| StorageError::Corrupt {
-        what: key.to_owned(),
-        source,
-    };
-    let mut state = match snapshot {
-        Some(blob) => codec::decode_snapshot(blob).map_err(corrupt)?,
-        None => StockState::default(),
-    };
-    let mut tail_events = 0;
-    let from_snapshot = state.version();
-    for row in rows.iter().filter(|r| r.version > from_snapshot) {
-        let expected = state.version() + 1;
-        if row.version != expected {
-            return Err(StorageError::JournalGap {
-                key: key.to_owned(),
-                expected,
-                found: row.version,
-            });
-        }
-        let event = codec::decode_event(&row.event).map_err(corrupt)?;
-        state.apply_event(&event);
-        tail_events += 1;
-    }
-    Ok(LoadedKey { state, tail_events })
-}
+pub use super::keys::load_key;
 
 /// Rebuilds the tail index: every journal row not covered by its key's snapshot.
 pub fn scan_tails(conn: &Connection) -> Result<Tails, StorageError> {
@@ -403,6 +435,7 @@ pub fn change_ceiling(conn: &Connection) -> Result<i64, StorageError> {
         Some(ceiling) => Ok(ceiling),
         None => Ok(conn.query_row(
             "SELECT MAX((SELECT COALESCE(MAX(changed), 0) FROM snapshots),
+                        (SELECT COALESCE(MAX(changed), 0) FROM segments),
                         (SELECT COALESCE(MAX(changed), 0) FROM orders))",
             [],
             |r| r.get(0),
@@ -410,13 +443,24 @@ pub fn change_ceiling(conn: &Connection) -> Result<i64, StorageError> {
     }
 }
 
-/// One key's full durable state, as a handoff carries it.
+/// A key's snapshot row, as a handoff carries it (its records travel as `SegmentImage`s).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyImage {
     pub key: String,
     pub version: u64,
-    /// A snapshot blob (codec::encode_snapshot).
+    /// The key's scalars (`codec::encode_scalars`).
     pub state: Vec<u8>,
+    /// Where its records are.
+    pub log: super::keys::SegmentLog,
+}
+
+/// One segment of a key's records, as a handoff carries it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentImage {
+    pub key: String,
+    pub gen: u64,
+    pub seg: u64,
+    pub records: Vec<u8>,
 }
 
 /// An order record, as a handoff carries it (orders live with their order id's vnode).
@@ -428,104 +472,184 @@ pub struct OrderImage {
     pub updated_at_ms: u64,
 }
 
-/// Where an export page continues: after this (hash, key).
-pub type ExportCursor = (i64, String);
+/// Where an export page continues: after this (hash, id) and, for segments, (gen, seg).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportCursor {
+    pub hash: i64,
+    pub id: String,
+    pub gen: i64,
+    pub seg: i64,
+}
 
-/// Snapshots whose hash lies in `[lo, hi)` (`hi` None: to the end) and that changed after
-/// `since`, in (hash, key) order after `after`, until about `max_bytes`.
+/// What an export pass carries: a vnode's key snapshots, their record segments, or its
+/// order records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExportPass {
+    Keys,
+    Segments,
+    Orders,
+}
+
+/// The bounds of one page: `[lo, hi)` of the hash (`hi` None: to the end), changes after
+/// `since`, items after `after`, until about `max_bytes`.
+pub struct PageQuery<'a> {
+    pub range: (i64, Option<i64>),
+    pub since: i64,
+    pub after: Option<&'a ExportCursor>,
+    pub max_bytes: usize,
+}
+
+/// Snapshot rows of a page, in (hash, key) order.
 pub fn export_page(
     conn: &Connection,
-    range: (i64, Option<i64>),
-    since: i64,
-    after: Option<&ExportCursor>,
-    max_bytes: usize,
+    q: &PageQuery<'_>,
 ) -> Result<(Vec<KeyImage>, Option<ExportCursor>), StorageError> {
     page(
         conn,
-        "SELECT hash, key, version, state FROM snapshots
+        "SELECT hash, key, version, state, gen, segments, gen_records, gen_bytes FROM snapshots
          WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3 AND (hash, key) > (?4, ?5)
          ORDER BY hash, key",
-        (range, since, after, max_bytes),
+        q,
         |row| {
-            let (key, version, state): (String, i64, Vec<u8>) =
-                (row.get(1)?, row.get(2)?, row.get(3)?);
-            let size = key.len() + state.len() + 16;
-            Ok((
-                KeyImage {
-                    key,
-                    version: version as u64,
-                    state,
-                },
-                size,
-            ))
+            let (hash, key, version, state): (i64, String, i64, Vec<u8>) =
+                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+            let log = super::keys::SegmentLog {
+                gen: row.get::<_, i64>(4)? as u64,
+                count: row.get::<_, i64>(5)? as u64,
+                records: row.get::<_, i64>(6)? as u64,
+                bytes: row.get::<_, i64>(7)? as u64,
+            };
+            let size = key.len() + state.len() + 48;
+            let cursor = ExportCursor {
+                hash,
+                id: key.clone(),
+                ..ExportCursor::default()
+            };
+            let image = KeyImage {
+                key,
+                version: version as u64,
+                state,
+                log,
+            };
+            Ok((image, size, cursor))
         },
-        |image| image.key.clone(),
     )
 }
 
-/// Order records in a hash range changed after `since`, like `export_page`.
+/// Record segments of a page, in (hash, key, gen, seg) order.
+pub fn export_segments_page(
+    conn: &Connection,
+    q: &PageQuery<'_>,
+) -> Result<(Vec<SegmentImage>, Option<ExportCursor>), StorageError> {
+    page(
+        conn,
+        "SELECT hash, key, gen, seg, records FROM segments
+         WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3
+           AND (hash, key, gen, seg) > (?4, ?5, ?6, ?7)
+         ORDER BY hash, key, gen, seg",
+        q,
+        |row| {
+            let (hash, key, gen, seg, records): (i64, String, i64, i64, Vec<u8>) = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            );
+            let size = key.len() + records.len() + 32;
+            let cursor = ExportCursor {
+                hash,
+                id: key.clone(),
+                gen,
+                seg,
+            };
+            let image = SegmentImage {
+                key,
+                gen: gen as u64,
+                seg: seg as u64,
+                records,
+            };
+            Ok((image, size, cursor))
+        },
+    )
+}
+
+/// Order records of a page, in (hash, order id) order.
 pub fn export_orders_page(
     conn: &Connection,
-    range: (i64, Option<i64>),
-    since: i64,
-    after: Option<&ExportCursor>,
-    max_bytes: usize,
+    q: &PageQuery<'_>,
 ) -> Result<(Vec<OrderImage>, Option<ExportCursor>), StorageError> {
     page(
         conn,
         "SELECT hash, order_id, status, record, updated_at_ms FROM orders
          WHERE hash >= ?1 AND hash <= ?2 AND changed > ?3 AND (hash, order_id) > (?4, ?5)
          ORDER BY hash, order_id",
-        (range, since, after, max_bytes),
+        q,
         |row| {
-            let (order_id, status, record, at): (String, String, Vec<u8>, i64) =
-                (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+            let (hash, order_id, status, record, at): (i64, String, String, Vec<u8>, i64) = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            );
             let size = order_id.len() + record.len() + 32;
-            Ok((
-                OrderImage {
-                    order_id,
-                    status,
-                    record,
-                    updated_at_ms: at as u64,
-                },
-                size,
-            ))
+            let cursor = ExportCursor {
+                hash,
+                id: order_id.clone(),
+                ..ExportCursor::default()
+            };
+            let image = OrderImage {
+                order_id,
+                status,
+                record,
+                updated_at_ms: at as u64,
+            };
+            Ok((image, size, cursor))
         },
-        |order| order.order_id.clone(),
     )
 }
 
-type PageArgs<'a> = ((i64, Option<i64>), i64, Option<&'a ExportCursor>, usize);
-
 /// One page of a hash-range export: `sql` selects `hash` first and takes (lo, hi inclusive,
-/// since, cursor hash, cursor id); `read` turns a row into an item and its size, `id` gives
-/// the item's id for the cursor.
+/// since, cursor hash, cursor id) and, if it names them, (cursor gen, cursor seg); `read`
+/// turns a row into an item, its size and its cursor.
 fn page<T>(
     conn: &Connection,
     sql: &str,
-    ((lo, hi), since, after, max_bytes): PageArgs<'_>,
-    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<(T, usize)>,
-    id: impl Fn(&T) -> String,
+    q: &PageQuery<'_>,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<(T, usize, ExportCursor)>,
 ) -> Result<(Vec<T>, Option<ExportCursor>), StorageError> {
-    let (after_hash, after_id) = match after {
-        Some((h, k)) => (*h, k.clone()),
-        None => (lo, String::new()),
+    let (lo, hi) = q.range;
+    let start = ExportCursor {
+        hash: lo,
+        id: String::new(),
+        gen: -1,
+        seg: -1,
     };
+    let after = q.after.unwrap_or(&start);
     // `hash <= hi - 1` spelled out so SQLite bounds the index range on both ends (an
     // `?2 IS NULL OR` would make it scan to the end of the index).
     let hi = hi.map_or(i64::MAX, |h| h - 1);
     let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params![lo, hi, since, after_hash, after_id])?;
+    let binds: [&dyn rusqlite::ToSql; 7] = [
+        &lo,
+        &hi,
+        &q.since,
+        &after.hash,
+        &after.id,
+        &after.gen,
+        &after.seg,
+    ];
+    let used = stmt.parameter_count();
+    let mut rows = stmt.query(&binds[..used])?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     while let Some(row) = rows.next()? {
-        let hash: i64 = row.get(0)?;
-        let (item, size) = read(row)?;
+        let (item, size, cursor) = read(row)?;
         bytes += size;
-        let cursor = (bytes >= max_bytes).then(|| (hash, id(&item)));
         out.push(item);
-        if cursor.is_some() {
-            return Ok((out, cursor));
+        if bytes >= q.max_bytes {
+            return Ok((out, Some(cursor)));
         }
     }
     Ok((out, None))

@@ -17,13 +17,16 @@
 //! so the writer fails every pending request and aborts the process (fail-stop); restart
 //! recovers from what is durable.
 
-use super::codec;
 use super::compactor::{Compaction, Compactor, Job};
-use super::store::{self, ExportCursor, KeyImage, LoadedKey, OrderImage, StorageError};
+use super::keys::{self, KeyWrite};
+use super::store::{
+    self, ExportCursor, ExportPass, KeyImage, LoadedKey, OrderImage, PageQuery, SegmentImage,
+    StorageError,
+};
 use super::tails::{Row, Tails};
 use crate::domain::order::Order;
 use crate::domain::placement::stored_hash;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,11 +47,11 @@ pub enum Request {
         events: Vec<Vec<u8>>,
         done: Done,
     },
-    /// A key's state as of `version`; covers the key's journal rows up to it.
+    /// A key's state as of `version` (see `keys.rs`); covers the key's journal rows up to it.
     Snapshot {
         key: Arc<str>,
         version: u64,
-        state: Vec<u8>,
+        write: KeyWrite,
         done: Option<Done>,
     },
     PutOrder {
@@ -80,23 +83,24 @@ pub enum Request {
         sku: String,
         reply: ListReply,
     },
-    /// Handoff, source side: one page of the keys whose placement hash is in `range`
-    /// (a vnode) and whose snapshot changed after `since`. The first page (`after` None)
-    /// first folds those keys' journal tails into their snapshots, so the snapshots are the
-    /// whole durable state.
+    /// Handoff, source side: one page of what the vnode whose placement hashes are `range`
+    /// holds (key snapshots, their record segments, or order records), changed after
+    /// `since`. The first page of keys (`after` None) first folds those keys' journal tails
+    /// into snapshots and segments, so that those are the whole durable state.
     Export {
         range: (i64, Option<i64>),
-        /// Order records instead of keys.
-        orders: bool,
+        pass: ExportPass,
         since: i64,
         after: Option<ExportCursor>,
         max_bytes: usize,
         reply: ExportReply,
     },
-    /// Handoff, target side: keys' whole state from their previous owner. Replaces whatever
-    /// this node had of them (including stale journal rows from an earlier ownership).
+    /// Handoff, target side: keys' state from their previous owner. A key image replaces
+    /// whatever this node had of the key (stale journal rows and segments from an earlier
+    /// ownership included); segments are stored as they come.
     Import {
         images: Vec<KeyImage>,
+        segments: Vec<SegmentImage>,
         orders: Vec<OrderImage>,
         done: Done,
     },
@@ -128,6 +132,7 @@ pub enum Request {
 /// snapshot change up to it is in this export; later changes have larger numbers).
 pub struct ExportPage {
     pub images: Vec<KeyImage>,
+    pub segments: Vec<SegmentImage>,
     pub orders: Vec<OrderImage>,
     pub next: Option<ExportCursor>,
     pub changed_upto: i64,
@@ -207,7 +212,7 @@ const COMPACT_PER_COMMIT: usize = 64;
 /// commit, where their pages are hot (handing out every key cost up to ~8 % more CPU per
 /// request under uniform load, in two of three measured runs). A 4 MB snapshot took ~200 ms
 /// to rebuild.
-const INLINE_COMPACTION_BYTES: i64 = 64 * 1024;
+const INLINE_COMPACTION_BYTES: u64 = 64 * 1024;
 /// Covered journal rows are deleted once at least this many have accumulated.
 const TRIM_MIN_ROWS: i64 = 10_000;
 /// Most journal rows deleted by one commit. Compacting one large key can move the horizon by
@@ -429,29 +434,34 @@ fn write_all(
                 Request::Snapshot {
                     key,
                     version,
-                    state,
+                    write,
                     ..
                 } => {
-                    j.changed += 1;
-                    put_snapshot(&tx, key, *version, state, j.changed)?;
-                    changes.push(TailChange::Covered(key.clone(), *version));
+                    if keys::put_key(&tx, key, *version, write, &mut j.changed)? {
+                        changes.push(TailChange::Covered(key.clone(), *version));
+                    }
                 }
                 Request::Export {
                     range,
-                    orders: false,
+                    pass: ExportPass::Keys,
                     after: None,
                     ..
                 } => {
                     for key in j.tails.keys_in_hash_range(*range) {
-                        let loaded = store::load_key(&tx, &key, j.tails.rows_of(&key))?;
+                        let loaded = keys::load_key(&tx, &key, j.tails.rows_of(&key))?;
                         let version = loaded.state.version();
-                        let state = codec::encode_snapshot(&loaded.state);
-                        j.changed += 1;
-                        put_snapshot(&tx, &key, version, &state, j.changed)?;
-                        changes.push(TailChange::Covered(key, version));
+                        let write = compaction_write(&loaded);
+                        if keys::put_key(&tx, &key, version, &write, &mut j.changed)? {
+                            changes.push(TailChange::Covered(key, version));
+                        }
                     }
                 }
-                Request::Import { images, orders, .. } => {
+                Request::Import {
+                    images,
+                    segments,
+                    orders,
+                    ..
+                } => {
                     for o in orders {
                         j.changed += 1;
                         order.execute(params![
@@ -466,24 +476,50 @@ fn write_all(
                     let mut drop_row = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
                     for image in images {
                         // A key's version only grows, also across owners: an image older
-                        // than what is here is a late page of a superseded move. Skip it.
-                        let stored: Option<i64> = tx
-                            .prepare_cached("SELECT version FROM snapshots WHERE key = ?1")?
-                            .query_row(params![image.key], |r| r.get(0))
-                            .optional()?;
-                        let tail = j.tails.rows_of(&image.key).last().map(|r| r.version);
-                        let here = tail.unwrap_or(0).max(stored.unwrap_or(0) as u64);
-                        if image.version < here {
+                        // than what is here is a late page of a superseded move. Skip it. At
+                        // an equal version, the later generation of its records wins (a
+                        // rewrite keeps the version).
+                        let stored = keys::read_key(&tx, &image.key)?;
+                        let tail = j.tails.rows_of(&image.key).last().map_or(0, |r| r.version);
+                        let newer_here = tail > image.version
+                            || stored.is_some_and(|s| {
+                                (s.version, s.log.gen) > (image.version, image.log.gen)
+                            });
+                        if newer_here {
                             continue;
                         }
                         for row in j.tails.rows_of(&image.key) {
                             drop_row.execute(params![row.seq])?;
                         }
-                        tx.prepare_cached("DELETE FROM snapshots WHERE key = ?1")?
-                            .execute(params![image.key])?;
+                        // Segments of other generations are stale copies (from an earlier
+                        // ownership, or replaced since): the image's own come in its pages.
+                        tx.prepare_cached("DELETE FROM segments WHERE key = ?1 AND gen <> ?2")?
+                            .execute(params![image.key, image.log.gen as i64])?;
                         j.changed += 1;
-                        put_snapshot(&tx, &image.key, image.version, &image.state, j.changed)?;
+                        keys::put_row(
+                            &tx,
+                            &image.key,
+                            image.version,
+                            &image.state,
+                            &image.log,
+                            j.changed,
+                        )?;
                         changes.push(TailChange::Covered(Arc::from(image.key.as_str()), u64::MAX));
+                    }
+                    for segment in segments {
+                        j.changed += 1;
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO segments (key, gen, seg, records, hash, changed)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            segment.key,
+                            segment.gen as i64,
+                            segment.seg as i64,
+                            segment.records,
+                            stored_hash(&segment.key),
+                            j.changed
+                        ])?;
                     }
                 }
                 Request::PutFence { fence, .. } => {
@@ -528,12 +564,11 @@ fn write_all(
                     outcome:
                         Compaction::Image {
                             version,
-                            state,
+                            write,
                             based_on,
                         },
                 } => {
-                    j.changed += 1;
-                    if put_compaction(&tx, key, *version, state, *based_on, j.changed)? {
+                    if put_compaction(&tx, key, *version, write, *based_on, &mut j.changed)? {
                         changes.push(TailChange::Covered(key.clone(), *version));
                         metrics::counter!("stockring_journal_compactions_total").increment(1);
                     } else {
@@ -553,7 +588,7 @@ fn write_all(
         }
         for key in compact {
             let offload = (&j.compactor, &mut j.compacting);
-            j.changed = compact_key(&tx, &j.tails, offload, j.changed, key, &mut changes)?;
+            compact_key(&tx, &j.tails, offload, &mut j.changed, key, &mut changes)?;
         }
         if trim {
             // Every row below the horizon is covered by a committed snapshot.
@@ -575,115 +610,60 @@ fn write_all(
     Ok((events, changes))
 }
 
-/// Writes a key's snapshot unless a newer one is stored. An equal version replaces: both
-/// states agree except for ids the actor forgot (pruned) just before its snapshot, and the
-/// forgetting must win, or a later reuse of a forgotten id would not replay on the stored one.
-/// (Compaction always builds on the stored snapshot, so it never undoes a pruning.)
-/// `changed` is the snapshot's change number (see `Request::Export`).
-fn put_snapshot(
-    tx: &Connection,
-    key: &str,
-    version: u64,
-    state: &[u8],
-    changed: i64,
-) -> Result<(), StorageError> {
-    tx.prepare_cached(
-        "INSERT INTO snapshots (key, version, state, hash, changed) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(key) DO UPDATE SET version = excluded.version, state = excluded.state,
-         changed = excluded.changed
-         WHERE excluded.version >= snapshots.version",
-    )?
-    .execute(params![
-        key,
-        version as i64,
-        state,
-        stored_hash(key),
-        changed
-    ])?;
-    Ok(())
+/// The snapshot write of a key rebuilt from durable data: the records its journal tail
+/// touched, appended (or its live records as a new generation, when the stored ones are
+/// mostly dead).
+pub(super) fn compaction_write(loaded: &LoadedKey) -> KeyWrite {
+    KeyWrite::of(&loaded.state, &loaded.touched, loaded.stored_records)
 }
 
-/// Compacts a key that fell out of the window: in this transaction if its snapshot is small,
-/// else hands it to the compactor (if that is busy, a later commit tries again).
-/// Returns the last change number used (`changed` or one more).
+/// Compacts a key that fell out of the window: in this transaction if its records are
+/// small, else hands it to the compactor (if that is busy, a later commit tries again).
 fn compact_key(
     tx: &Connection,
     tails: &Tails,
     (compactor, compacting): (&Compactor, &mut HashSet<Arc<str>>),
-    changed: i64,
+    changed: &mut i64,
     key: Arc<str>,
     changes: &mut Vec<TailChange>,
-) -> Result<i64, StorageError> {
-    // One lookup, and a large snapshot is not read: its state comes back NULL (length() of a
-    // blob reads no overflow pages). `None`: the key has no snapshot.
-    let stored: Option<Option<Vec<u8>>> = tx
-        .prepare_cached(
-            "SELECT CASE WHEN length(state) <= ?2 THEN state END FROM snapshots WHERE key = ?1",
-        )?
-        .query_row(params![&*key, INLINE_COMPACTION_BYTES], |r| r.get(0))
-        .optional()?;
-    let snapshot = match stored {
-        Some(Some(state)) => Some(state),
-        Some(None) => {
-            let job = Job {
-                rows: tails.rows_of(&key).to_vec(),
-                key: key.clone(),
-            };
-            if compactor.offer(job).is_ok() {
-                compacting.insert(key);
-            }
-            return Ok(changed);
+) -> Result<(), StorageError> {
+    if keys::stored_bytes(tx, &key)?.is_some_and(|b| b > INLINE_COMPACTION_BYTES) {
+        let job = Job {
+            rows: tails.rows_of(&key).to_vec(),
+            key: key.clone(),
+        };
+        if compactor.offer(job).is_ok() {
+            compacting.insert(key);
         }
-        None => None,
-    };
+        return Ok(());
+    }
     // Rebuilt from durable data only: the stored snapshot (maybe just written by this batch)
     // plus the rows committed before this batch. A newer one is never replaced.
-    let loaded = store::rebuild_key(&key, snapshot.as_deref(), tails.rows_of(&key))?;
+    let loaded = keys::load_key(tx, &key, tails.rows_of(&key))?;
     let version = loaded.state.version();
-    let changed = changed + 1;
-    put_snapshot(
-        tx,
-        &key,
-        version,
-        &codec::encode_snapshot(&loaded.state),
-        changed,
-    )?;
-    changes.push(TailChange::Covered(key, version));
-    metrics::counter!("stockring_journal_compactions_total").increment(1);
-    Ok(changed)
+    if keys::put_key(tx, &key, version, &compaction_write(&loaded), changed)? {
+        changes.push(TailChange::Covered(key, version));
+        metrics::counter!("stockring_journal_compactions_total").increment(1);
+    }
+    Ok(())
 }
 
-/// Stores a compacted key if the snapshot it was built on (`based_on`, a change number; `None`:
-/// no snapshot) is still the stored one. Returns whether it was stored.
+/// Stores a compacted key if the snapshot it was built on (`based_on`, a change number;
+/// `None`: no snapshot) is still the stored one: an actor may have written a newer one
+/// meanwhile, and the result would undo it. Returns whether it was stored.
 fn put_compaction(
     tx: &Connection,
     key: &str,
     version: u64,
-    state: &[u8],
+    write: &KeyWrite,
     based_on: Option<i64>,
-    changed: i64,
+    changed: &mut i64,
 ) -> Result<bool, StorageError> {
-    let stored = match based_on {
-        Some(base) => tx
-            .prepare_cached(
-                "UPDATE snapshots SET version = ?1, state = ?2, changed = ?3
-                 WHERE key = ?4 AND changed = ?5",
-            )?
-            .execute(params![version as i64, state, changed, key, base])?,
-        None => tx
-            .prepare_cached(
-                "INSERT INTO snapshots (key, version, state, hash, changed)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(key) DO NOTHING",
-            )?
-            .execute(params![
-                key,
-                version as i64,
-                state,
-                stored_hash(key),
-                changed
-            ])?,
-    };
-    Ok(stored == 1)
+    let current = keys::read_key(tx, key)?.map(|k| k.changed);
+    if current != based_on {
+        return Ok(false);
+    }
+    keys::put_key(tx, key, version, write, changed)
 }
 
 fn finish(j: &mut Journal, request: Request) {
@@ -695,25 +675,44 @@ fn finish(j: &mut Journal, request: Request) {
         | Request::Barrier { done } => done(Ok(())),
         Request::Export {
             range,
-            orders,
+            pass,
             since,
             after,
             max_bytes,
             reply,
         } => {
-            let after = after.as_ref();
-            let page = match orders {
-                false => store::export_page(&j.conn, range, since, after, max_bytes)
-                    .map(|(images, next)| (images, Vec::new(), next)),
-                true => store::export_orders_page(&j.conn, range, since, after, max_bytes)
-                    .map(|(orders, next)| (Vec::new(), orders, next)),
+            let q = PageQuery {
+                range,
+                since,
+                after: after.as_ref(),
+                max_bytes,
             };
-            reply(page.map(|(images, orders, next)| ExportPage {
-                images,
-                orders,
-                next,
+            let mut page = ExportPage {
+                images: Vec::new(),
+                segments: Vec::new(),
+                orders: Vec::new(),
+                next: None,
                 changed_upto: j.changed,
-            }))
+            };
+            let next = match pass {
+                ExportPass::Keys => store::export_page(&j.conn, &q).map(|(items, next)| {
+                    page.images = items;
+                    next
+                }),
+                ExportPass::Segments => {
+                    store::export_segments_page(&j.conn, &q).map(|(items, next)| {
+                        page.segments = items;
+                        next
+                    })
+                }
+                ExportPass::Orders => {
+                    store::export_orders_page(&j.conn, &q).map(|(items, next)| {
+                        page.orders = items;
+                        next
+                    })
+                }
+            };
+            reply(next.map(|next| ExportPage { next, ..page }))
         }
         Request::DeleteFence { .. } | Request::SetMapFloor { .. } => {}
         Request::Compacted { key, outcome } => {
@@ -727,7 +726,7 @@ fn finish(j: &mut Journal, request: Request) {
             }
         }
         Request::LoadKey { key, reply } => {
-            reply(store::load_key(&j.conn, &key, j.tails.rows_of(&key)))
+            reply(keys::load_key(&j.conn, &key, j.tails.rows_of(&key)))
         }
         Request::LoadOrder { order_id, reply } => reply(store::load_order(&j.conn, &order_id)),
         Request::ListWarehouses { sku, reply } => reply(warehouses_of(j, &sku)),

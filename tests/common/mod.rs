@@ -63,6 +63,11 @@ impl Node {
         }
     }
 
+    /// The node itself, for tests that send what no HTTP client can (order line ids).
+    pub fn node(&self) -> &stockring::actors::Node {
+        &self.server.node
+    }
+
     /// The node's data dir (for tests that look at or change its database directly).
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
