@@ -2,7 +2,7 @@
 //! recovery and the HTTP server; and an orderly shutdown (stop taking requests, finish the ones
 //! in flight, snapshot every active key, drain the writer).
 
-use crate::actors::clock::SystemClock;
+use crate::actors::clock::{self, NodeClock, SystemWall, Wall};
 use crate::actors::order::OrderCoordinator;
 use crate::actors::router::{Directory, Router, RouterConfig, RouterMsg};
 use crate::actors::stock::StockEnv;
@@ -63,6 +63,11 @@ impl RunningServer {
 /// Starts a node; returns once the HTTP port is bound. Recovery continues in the background
 /// and `/ready` turns 200 when it has finished.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with_wall(config, Arc::new(SystemWall)).await
+}
+
+/// `start`, with wall time read from `wall` (tests step it).
+pub async fn start_with_wall(config: Config, wall: Arc<dyn Wall>) -> anyhow::Result<RunningServer> {
     let started = Instant::now();
     // Installed before any actor exists: the actors keep metric handles taken on first use.
     let metrics = api::metrics_handle();
@@ -71,13 +76,28 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let in_flight = store::orders_in_flight(&conn, u64::MAX)?;
     let fences = store::load_fences(&conn)?;
     let map_floor = store::load_map_floor(&conn)?;
+    let clock = Arc::new(NodeClock::new(wall, store::load_time_floor(&conn)?));
     let writer = Writer::start_with_window(
         conn,
         config.group_commit_max_batch,
         config.writer_queue,
         config.journal_compact_window_rows as i64,
     )?;
-    let clock = Arc::new(SystemClock::default());
+    // Right after a crash the stored floor may be a little ahead of the wall clock: wait it
+    // out rather than serve times ahead of it. Then store the first floor before serving.
+    if let Some(gap) = clock.start_delay() {
+        tracing::info!(
+            ms = gap.as_millis() as u64,
+            "waiting for the wall clock to pass the time floor"
+        );
+        tokio::time::sleep(gap).await;
+    }
+    clock::raise_time_floor(&clock, &writer.handle).await?;
+    tokio::spawn(clock::keep_time_floor(
+        clock.clone(),
+        writer.handle.downgrade(),
+    ));
+    let stop_clock = clock.clone();
     let env = StockEnv {
         writer: writer.handle.clone(),
         clock: clock.clone(),
@@ -162,7 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         serving.await.context("http task")?.context("http server")?;
         sweep.abort();
         ready_node.set_ready(false);
-        drain(router, router_task, writer).await;
+        drain(router, router_task, writer, &stop_clock).await;
         upkeep.abort();
         drop(lock);
         Ok(())
@@ -278,6 +298,7 @@ async fn drain(
     router: ractor::ActorRef<RouterMsg>,
     router_task: tokio::task::JoinHandle<()>,
     writer: Writer,
+    clock: &NodeClock,
 ) {
     let (tx, rx) = oneshot::channel();
     let sent = router.send_message(RouterMsg::Drain { reply: tx }).is_ok();
@@ -292,6 +313,9 @@ async fn drain(
     }
     router.stop(None);
     let _ = router_task.await;
+    if let Err(e) = clock::settle_time_floor(clock, &writer.handle).await {
+        tracing::warn!(error = %e, "the time floor was not settled; the next start may wait up to a second");
+    }
     // The writer thread exits once every handle is gone and its queue is committed.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped cleanly");

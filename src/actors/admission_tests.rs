@@ -2,7 +2,7 @@
 //! a caller never waits for a key without end. The writer here never answers, so an actor
 //! stays in its load and every message waits in its mailbox.
 
-use super::clock::SystemClock;
+use super::clock::NodeClock;
 use super::router::{Directory, Router, RouterConfig};
 use super::stock::StockEnv;
 use super::{Admission, Node, ServiceError};
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 async fn stuck_node(limits: Admission) -> (Node, mpsc::Receiver<Request>) {
     let (writer, queue) = WriterHandle::detached(1024);
-    let clock = Arc::new(SystemClock::default());
+    let clock = Arc::new(NodeClock::unfloored());
     let env = StockEnv {
         writer: writer.clone(),
         clock: clock.clone(),

@@ -402,6 +402,13 @@ pub fn meta_value(conn: &Connection, name: &str) -> Result<Option<i64>, StorageE
         .optional()?)
 }
 
+/// Sets a named counter in `cluster_meta`.
+pub fn set_meta(conn: &Connection, name: &str, value: i64) -> Result<(), StorageError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO cluster_meta (name, value) VALUES (?1, ?2)")?
+        .execute(params![name, value])?;
+    Ok(())
+}
+
 /// Raises a named counter in `cluster_meta` to `value`; never lowers it.
 pub fn raise_meta(conn: &Connection, name: &str, value: i64) -> Result<(), StorageError> {
     conn.prepare_cached(
@@ -419,6 +426,12 @@ pub fn load_map_floor(conn: &Connection) -> Result<u64, StorageError> {
 }
 
 pub const MAP_FLOOR: &str = "map_floor";
+pub const TIME_FLOOR: &str = "time_floor";
+
+/// The node's stored time floor (0 if none): no time above it was served before.
+pub fn load_time_floor(conn: &Connection) -> Result<u64, StorageError> {
+    Ok(meta_value(conn, TIME_FLOOR)?.unwrap_or(0) as u64)
+}
 pub const CHANGE_CEILING: &str = "change_ceiling";
 
 /// Change numbers (see `export_page`) are handed out in blocks: before a transaction uses a

@@ -118,6 +118,14 @@ pub enum Request {
     SetMapFloor {
         version: u64,
     },
+    /// The node's time floor: no time above it has been served (see `actors::clock`).
+    /// Raised, never lowered, unless `exact`: at a clean stop, set to the largest time
+    /// served (then a restart has nothing to wait out).
+    SetTimeFloor {
+        floor: u64,
+        exact: bool,
+        done: Done,
+    },
     /// A key rebuilt by the compactor; stored only if the snapshot it was built on is still
     /// the stored one.
     Compacted {
@@ -538,6 +546,14 @@ fn write_all(
                 Request::SetMapFloor { version } => {
                     store::raise_meta(&tx, store::MAP_FLOOR, *version as i64)?;
                 }
+                Request::SetTimeFloor { floor, exact, .. } => {
+                    let floor = i64::try_from(*floor).unwrap_or(i64::MAX);
+                    if *exact {
+                        store::set_meta(&tx, store::TIME_FLOOR, floor)?;
+                    } else {
+                        store::raise_meta(&tx, store::TIME_FLOOR, floor)?;
+                    }
+                }
                 Request::DeleteFence { vnode, move_id } => {
                     tx.prepare_cached("DELETE FROM fences WHERE vnode = ?1 AND move_id = ?2")?
                         .execute(params![*vnode, *move_id as i64])?;
@@ -672,6 +688,7 @@ fn finish(j: &mut Journal, request: Request) {
         | Request::PutOrder { done, .. }
         | Request::Import { done, .. }
         | Request::PutFence { done, .. }
+        | Request::SetTimeFloor { done, .. }
         | Request::Barrier { done } => done(Ok(())),
         Request::Export {
             range,
@@ -758,6 +775,7 @@ fn fail(request: Request, e: &StorageError) {
         | Request::PutOrder { done, .. }
         | Request::Import { done, .. }
         | Request::PutFence { done, .. }
+        | Request::SetTimeFloor { done, .. }
         | Request::Barrier { done } => done(Err(err())),
         Request::Export { reply, .. } => reply(Err(err())),
         Request::DeleteFence { .. } | Request::SetMapFloor { .. } | Request::Compacted { .. } => {}

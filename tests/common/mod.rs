@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stockring::config::Config;
-use stockring::server::{start, RunningServer};
+use stockring::server::RunningServer;
 use tempfile::TempDir;
 
 /// The `code` argument of `check` for a success (2xx bodies carry no `code`).
@@ -34,12 +34,26 @@ impl Node {
 
     /// Starts a node on an existing data dir (e.g. one returned by `stop`).
     pub async fn start_in(dir: TempDir) -> Self {
+        Self::start_with_wall(
+            dir,
+            std::sync::Arc::new(stockring::actors::clock::SystemWall),
+        )
+        .await
+    }
+
+    /// Starts a node whose wall clock is `wall` (tests step it).
+    pub async fn start_with_wall(
+        dir: TempDir,
+        wall: std::sync::Arc<dyn stockring::actors::clock::Wall>,
+    ) -> Self {
         let config = Config {
             http_addr: "127.0.0.1:0".into(),
             data_dir: dir.path().to_path_buf(),
             ..Config::default()
         };
-        let server = start(config).await.expect("server starts");
+        let server = stockring::server::start_with_wall(config, wall)
+            .await
+            .expect("server starts");
         let base = format!("http://{}", server.http_addr);
         let node = Self {
             server,
