@@ -53,6 +53,10 @@ pub enum Mutation {
     /// Not the shell but its environment: maps are read from a lagging follower, so a node
     /// that restarts may get an older map than it had before the crash.
     LaggingMapReads,
+    /// The fence task does not re-check that its fence is still current once the drain is
+    /// over: it persists the fence (over whatever fence the vnode has on disk) and answers,
+    /// although the move was aborted meanwhile (the shell before this check).
+    FenceOutlivesMove,
 }
 
 #[derive(Clone, Debug)]
@@ -163,6 +167,8 @@ pub struct Proc {
     next_heartbeat_ms: u64,
     /// Effects handed out by the receiver and not answered yet: (move id, phase) -> deadline.
     pub pending: BTreeMap<(u64, u8), u64>,
+    /// Fences set in memory whose drain is not over yet (not on disk yet).
+    pub draining: BTreeSet<(Vnode, u64)>,
 }
 
 impl Proc {
@@ -183,6 +189,7 @@ impl Proc {
             next_join_ms: now,
             next_heartbeat_ms: now,
             pending: BTreeMap::new(),
+            draining: BTreeSet::new(),
         }
     }
 }
@@ -214,6 +221,15 @@ enum Timer {
     ClientTick,
     NemesisTick,
     Restart(usize),
+    /// A source's drain for a fence is over: persist the fence, then answer the final export
+    /// (the real shell waits for the vnode's operations and actors first; the two are
+    /// separate steps, and the move can be resolved in between).
+    FenceDrained {
+        node: usize,
+        incarnation: u64,
+        req: ExportRequest,
+        to: Addr,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +263,8 @@ pub struct Stats {
     pub outages: u64,
     pub fences_set: u64,
     pub fences_lifted_on_abort: u64,
+    /// A fence's drain ended after its move was resolved: nothing persisted, no answer.
+    pub fences_dropped_while_draining: u64,
     pub stale_replies_ignored: u64,
     pub imports: u64,
     pub lost: u64,
@@ -274,6 +292,7 @@ impl Stats {
         self.outages += o.outages;
         self.fences_set += o.fences_set;
         self.fences_lifted_on_abort += o.fences_lifted_on_abort;
+        self.fences_dropped_while_draining += o.fences_dropped_while_draining;
         self.stale_replies_ignored += o.stale_replies_ignored;
         self.imports += o.imports;
         self.lost += o.lost;
@@ -640,6 +659,12 @@ impl World {
                 self.schedule(at, Timer::NemesisTick);
             }
             Timer::Restart(i) => self.restart(i),
+            Timer::FenceDrained {
+                node,
+                incarnation,
+                req,
+                to,
+            } => self.fence_drained(node, incarnation, req, to),
         }
     }
 
@@ -926,20 +951,10 @@ impl World {
                     .map(|s| s.ops.clone())
                     .unwrap_or_default(),
             ),
-            ExportDecision::FenceThenExport(fence) => {
-                // Every write this node accepted is already durable in the model; persist the
-                // fence, then export.
-                node.disk.fences.insert(fence.vnode, fence);
-                self.stats.fences_set += 1;
-                if self.faults_on && self.rng.gen_bool(self.p.buggify) {
-                    // Crash with the fence on disk, before the answer is sent or right after.
-                    let how = if self.rng.gen_bool(0.5) {
-                        Stop::Crash
-                    } else {
-                        Stop::CrashAfterSend
-                    };
-                    self.stop = Some((i, how));
-                }
+            ExportDecision::FenceThenExport(fence)
+                if node.disk.fences.get(&fence.vnode) == Some(&fence) =>
+            {
+                // A later request of the same last phase: the fence is durable already.
                 Some(
                     node.disk
                         .store
@@ -948,6 +963,21 @@ impl World {
                         .unwrap_or_default(),
                 )
             }
+            ExportDecision::FenceThenExport(fence) => {
+                // The fence holds in memory from now on; the drain (operations in flight,
+                // actors) takes a while, then `fence_drained` persists it and answers.
+                p.draining.insert((fence.vnode, fence.move_id));
+                let drain = self.rng.gen_range(0..=40);
+                let incarnation = p.incarnation;
+                let timer = Timer::FenceDrained {
+                    node: i,
+                    incarnation,
+                    req,
+                    to: from,
+                };
+                self.schedule(now + drain, timer);
+                return;
+            }
         };
         let reply = Msg::ExportReply {
             mv: req.mv,
@@ -955,6 +985,59 @@ impl World {
             data,
         };
         self.send(Addr::Node(i), from, reply);
+    }
+
+    /// The drain behind a fence is over. The fence belongs to its move: if this process no
+    /// longer holds it (the move was resolved meanwhile, or another move fenced the vnode),
+    /// nothing is persisted and nothing answered; else it is persisted, then the last export
+    /// answered.
+    fn fence_drained(&mut self, i: usize, incarnation: u64, req: ExportRequest, to: Addr) {
+        self.c5_dirty = true;
+        let node = &mut self.nodes[i];
+        let Some(p) = node.proc_.as_mut() else { return };
+        if p.incarnation != incarnation {
+            return; // a task of a process that crashed since
+        }
+        let mv = req.mv;
+        p.draining.remove(&(mv.vnode, mv.id));
+        let fence = Fence {
+            vnode: mv.vnode,
+            move_id: mv.id,
+            epoch: mv.epoch,
+            begun_at: mv.begun_at,
+        };
+        let current = p.own.fences().any(|f| *f == fence);
+        if !current && self.cfg.mutation != Mutation::FenceOutlivesMove {
+            self.stats.fences_dropped_while_draining += 1;
+            self.log.line(self.now, || {
+                format!("n{i} drops the fence of move {} (resolved)", mv.id)
+            });
+            return;
+        }
+        node.disk.fences.insert(fence.vnode, fence);
+        self.stats.fences_set += 1;
+        let data = Some(
+            node.disk
+                .store
+                .get(&mv.vnode)
+                .map(|s| s.ops.clone())
+                .unwrap_or_default(),
+        );
+        if self.faults_on && self.rng.gen_bool(self.p.buggify) {
+            // Crash with the fence on disk, before the answer is sent or right after.
+            let how = if self.rng.gen_bool(0.5) {
+                Stop::Crash
+            } else {
+                Stop::CrashAfterSend
+            };
+            self.stop = Some((i, how));
+        }
+        let reply = Msg::ExportReply {
+            mv,
+            last: true,
+            data,
+        };
+        self.send(Addr::Node(i), to, reply);
     }
 
     fn node_export_reply(

@@ -18,7 +18,6 @@
 use super::handoff::Access;
 use super::ring::{Vnode, MAX_VNODES};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
-use std::time::Duration;
 
 pub struct Gates {
     closed: Vec<AtomicBool>,
@@ -79,11 +78,9 @@ impl Gates {
         self.closed[vnode as usize].store(false, SeqCst);
     }
 
-    /// Waits until no operation is inside the (closed) gate.
-    pub async fn drained(&self, vnode: Vnode) {
-        while self.inside[vnode as usize].load(SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    /// No operation is inside the gate.
+    pub fn is_drained(&self, vnode: Vnode) -> bool {
+        self.inside[vnode as usize].load(SeqCst) == 0
     }
 }
 

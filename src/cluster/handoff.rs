@@ -122,6 +122,12 @@ impl Ownership {
         self.fences.values()
     }
 
+    /// This node still holds `fence` (its move was not resolved, nor replaced by another).
+    /// A fence's drain and persistence take time; once this turns false they must stop.
+    pub fn holds_fence(&self, fence: &Fence) -> bool {
+        self.fences.get(&fence.vnode) == Some(fence)
+    }
+
     pub fn access(&self, vnode: Vnode) -> Access {
         let Some(entry) = self.map.as_ref().and_then(|m| m.owner_of(vnode)) else {
             return Access::Unknown;

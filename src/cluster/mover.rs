@@ -242,36 +242,87 @@ pub(super) async fn serve_export(
 /// Waits for every local operation on the vnode to finish (their replies leave only once
 /// durable), passivates the vnode's actors (none may keep state behind), and persists the
 /// fence. Only then may the last export be answered.
+///
+/// The fence belongs to its move: at every step it checks, under the ownership lock, that
+/// this node still holds exactly this fence. If the move was resolved meanwhile (aborted: the
+/// fence lifted, the gate reopened) or another move fenced the vnode, it stops: no more
+/// passivating a vnode that serves again, and no late write of a fence that would stand on
+/// disk for a move that is gone (or, before the conditional write below, in place of the
+/// newer move's fence, which a restarted source would then lift while its target commits).
 async fn fence(
     cluster: &Arc<Cluster>,
     f: super::handoff::Fence,
     vnodes: u32,
-) -> Result<(), StorageError> {
+) -> Result<(), FenceError> {
     if lock(&cluster.durable_fences).contains(&(f.vnode, f.move_id)) {
         return Ok(()); // a later page of the same last phase
     }
-    cluster.gates.drained(f.vnode).await;
+    let current = || {
+        cluster
+            .ownership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .holds_fence(&f)
+    };
+    while !cluster.gates.is_drained(f.vnode) {
+        if !current() {
+            return Err(FenceError::Resolved);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let directory = cluster.node.directory().clone();
     // Until no actor of the vnode is left, active or stopping: a stopping actor's queued
     // message (whose caller may have gone away, releasing its gate guard) re-activates one.
     while directory.passivate_matching(|h| vnode_of_hash(h, vnodes) == f.vnode) > 0 {
+        if !current() {
+            return Err(FenceError::Resolved);
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (done, rx) = done_channel();
-    cluster
-        .node
-        .writer()
-        .submit(Request::PutFence {
-            fence: (f.vnode, f.move_id, f.epoch, f.begun_at),
-            done,
-        })
-        .await?;
-    rx.await.map_err(|_| StorageError::WriterStopped)??;
-    lock(&cluster.durable_fences).insert((f.vnode, f.move_id));
+    let rx = loop {
+        // Queued under the lock that lifting a fence takes too (`Cluster::take_map` queues
+        // its `DeleteFence` there): the writer sees the two in the order they happened.
+        let queued = {
+            let o = cluster.ownership.read().unwrap_or_else(|p| p.into_inner());
+            if !o.holds_fence(&f) {
+                return Err(FenceError::Resolved);
+            }
+            let (done, rx) = done_channel();
+            let put = Request::PutFence {
+                fence: (f.vnode, f.move_id, f.epoch, f.begun_at),
+                done,
+            };
+            cluster.node.writer().try_submit(put).map(|()| rx)
+        };
+        match queued {
+            Ok(rx) => break rx,
+            // The writer's queue is full: try again shortly.
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    };
+    rx.await
+        .map_err(|_| StorageError::WriterStopped)?
+        .map_err(FenceError::Storage)?;
+    {
+        let o = cluster.ownership.read().unwrap_or_else(|p| p.into_inner());
+        if !o.holds_fence(&f) {
+            // Lifted while it was being written: the lift's delete follows it on disk.
+            return Err(FenceError::Resolved);
+        }
+        lock(&cluster.durable_fences).insert((f.vnode, f.move_id));
+    }
     tracing::info!(
         vnode = f.vnode,
         move_id = f.move_id,
         "vnode fenced for handoff"
     );
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FenceError {
+    #[error("the move was resolved while its fence was being set")]
+    Resolved,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }

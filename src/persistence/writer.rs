@@ -532,9 +532,15 @@ fn write_all(
                 }
                 Request::PutFence { fence, .. } => {
                     let (vnode, move_id, epoch, begun_at) = *fence;
+                    // Never over a newer move's fence (move ids only grow): a late write
+                    // of an older move's fence would make a restarted source lift the
+                    // wrong one.
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO fences (vnode, move_id, epoch, begun_at)
-                         VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT INTO fences (vnode, move_id, epoch, begun_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(vnode) DO UPDATE SET move_id = excluded.move_id,
+                             epoch = excluded.epoch, begun_at = excluded.begun_at
+                         WHERE excluded.move_id > fences.move_id",
                     )?
                     .execute(params![
                         vnode,

@@ -726,3 +726,33 @@ fn a_key_that_has_seen_many_ids_keeps_a_small_snapshot() {
     let loaded = store::load_key(&conn, &flash, tails.rows_of(&flash)).expect("load");
     assert_eq!(loaded.state, state, "after restart");
 }
+
+/// A fence of an older move written late (its task outlived its move) never replaces the
+/// fence of a newer move of the same vnode: a restarted source would lift the wrong one.
+#[test]
+fn a_late_fence_of_an_older_move_does_not_replace_a_newer_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store::db_path(dir.path());
+    let writer =
+        Writer::start_with_window(store::open(&path).expect("open"), 4, 16, 1_000).expect("start");
+    let put = |fence: (u32, u64, u64, u64)| {
+        let (tx, rx) = std_mpsc::channel();
+        let request = Request::PutFence {
+            fence,
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        writer.handle.blocking_submit(request).expect("submit");
+        rx.recv().expect("reply").expect("durable");
+    };
+    put((7, 12, 3, 40));
+    put((7, 11, 3, 35));
+    writer.join();
+    let conn = store::open(&path).expect("reopen");
+    assert_eq!(
+        store::load_fences(&conn).expect("fences"),
+        [(7, 12, 3, 40)],
+        "an older move's fence replaced a newer one"
+    );
+}
