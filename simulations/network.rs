@@ -25,7 +25,13 @@ pub enum Addr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tag {
     Join,
-    Commit { move_id: u64 },
+    Commit {
+        move_id: u64,
+    },
+    /// A source's `MoveFenced`: on its answer, the last export of the move is sent.
+    Fenced {
+        move_id: u64,
+    },
     Admin,
 }
 

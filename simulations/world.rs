@@ -57,6 +57,13 @@ pub enum Mutation {
     /// over: it persists the fence (over whatever fence the vnode has on disk) and answers,
     /// although the move was aborted meanwhile (the shell before this check).
     FenceOutlivesMove,
+    /// A target that proposes its commit right after the copy, without the last export:
+    /// the control plane must refuse it (the source never fenced), or writes are lost.
+    CommitAfterCopy,
+    /// `CommitAfterCopy`, with the control plane as it was before `MoveFenced`: commits
+    /// proposed as old logs recorded them (`by: None`, applied unchecked) and peers' proposals
+    /// taken unchecked. Shows that the checks are what keep `CommitAfterCopy` safe.
+    CommitAfterCopyUnchecked,
 }
 
 #[derive(Clone, Debug)]
@@ -169,6 +176,12 @@ pub struct Proc {
     pub pending: BTreeMap<(u64, u8), u64>,
     /// Fences set in memory whose drain is not over yet (not on disk yet).
     pub draining: BTreeSet<(Vnode, u64)>,
+    /// Last exports waiting for the control plane to record their fence (`MoveFenced`):
+    /// move id -> (the request, who asked).
+    pub fencing: BTreeMap<u64, (ExportRequest, Addr)>,
+    /// Moves whose fence the control plane has recorded, as this process heard (the real
+    /// shell's `durable_fences`): their last exports are answered at once.
+    pub fenced: BTreeSet<u64>,
 }
 
 impl Proc {
@@ -190,6 +203,8 @@ impl Proc {
             next_heartbeat_ms: now,
             pending: BTreeMap::new(),
             draining: BTreeSet::new(),
+            fencing: BTreeMap::new(),
+            fenced: BTreeSet::new(),
         }
     }
 }
@@ -706,6 +721,20 @@ impl World {
     fn control_recv(&mut self, from: Addr, msg: Msg) {
         match msg {
             Msg::Propose { tag, cmd } => {
+                // The leader checks what a node may propose, as the real one does.
+                let checked = self.cfg.mutation != Mutation::CommitAfterCopyUnchecked;
+                if let (Addr::Node(n), true) = (from, checked) {
+                    if let Err(why) = cmd.proposable_by(&self.nodes[n].name, &self.control.state) {
+                        let resp = ControlResponse::Rejected(why);
+                        let version = self.control.state.version;
+                        self.send(
+                            Addr::Control,
+                            from,
+                            Msg::ProposeReply { tag, resp, version },
+                        );
+                        return;
+                    }
+                }
                 let resp = self.apply(&cmd, &format!("{from:?}"));
                 let version = self.control.state.version;
                 let reply = Msg::ProposeReply { tag, resp, version };
@@ -830,9 +859,14 @@ impl World {
                 Effect::ProposeCommit(mv) => {
                     p.pending
                         .insert((mv.id, phase_code(Phase::Commit)), now + EFFECT_TIMEOUT_MS);
+                    let by = match self.cfg.mutation {
+                        Mutation::CommitAfterCopyUnchecked => None,
+                        _ => Some(p.own.me()),
+                    };
                     let cmd = ControlCommand::CommitMove {
                         vnode: mv.vnode,
                         move_id: mv.id,
+                        by,
                     };
                     let tag = Tag::Commit { move_id: mv.id };
                     outbox.push((me, Addr::Control, Msg::Propose { tag, cmd }));
@@ -955,6 +989,11 @@ impl World {
                 if node.disk.fences.get(&fence.vnode) == Some(&fence) =>
             {
                 // A later request of the same last phase: the fence is durable already.
+                if !p.fenced.contains(&fence.move_id) {
+                    // Not yet known to be recorded: ask the control plane (again).
+                    self.propose_fenced(i, req, from);
+                    return;
+                }
                 Some(
                     node.disk
                         .store
@@ -1016,24 +1055,60 @@ impl World {
         }
         node.disk.fences.insert(fence.vnode, fence);
         self.stats.fences_set += 1;
+        if self.faults_on && self.rng.gen_bool(self.p.buggify) {
+            // Crash with the fence on disk, before the control plane hears of it.
+            self.stop = Some((i, Stop::Crash));
+            return;
+        }
+        self.propose_fenced(i, req, to);
+    }
+
+    /// The source asks the control plane to record its fence; the last export is answered
+    /// once it has (`node_propose_reply`).
+    fn propose_fenced(&mut self, i: usize, req: ExportRequest, to: Addr) {
+        let p = self.nodes[i].proc_.as_mut().expect("running");
+        let mv = req.mv;
+        p.fencing.insert(mv.id, (req, to));
+        let cmd = ControlCommand::MoveFenced {
+            vnode: mv.vnode,
+            move_id: mv.id,
+            by: p.own.me(),
+        };
+        let tag = Tag::Fenced { move_id: mv.id };
+        self.send(Addr::Node(i), Addr::Control, Msg::Propose { tag, cmd });
+    }
+
+    /// The control plane recorded the fence: answer the last export (if the move is still
+    /// this process's to answer).
+    fn fence_recorded(&mut self, i: usize, move_id: u64) {
+        let node = &mut self.nodes[i];
+        let p = node.proc_.as_mut().expect("running");
+        let Some((req, to)) = p.fencing.remove(&move_id) else {
+            return;
+        };
+        let fence = Fence {
+            vnode: req.mv.vnode,
+            move_id,
+            epoch: req.mv.epoch,
+            begun_at: req.mv.begun_at,
+        };
+        if !p.own.fences().any(|f| *f == fence) {
+            return;
+        }
+        p.fenced.insert(move_id);
         let data = Some(
             node.disk
                 .store
-                .get(&mv.vnode)
+                .get(&req.mv.vnode)
                 .map(|s| s.ops.clone())
                 .unwrap_or_default(),
         );
-        if self.faults_on && self.rng.gen_bool(self.p.buggify) {
-            // Crash with the fence on disk, before the answer is sent or right after.
-            let how = if self.rng.gen_bool(0.5) {
-                Stop::Crash
-            } else {
-                Stop::CrashAfterSend
-            };
-            self.stop = Some((i, how));
+        if self.faults_on && self.rng.gen_bool(self.p.buggify / 2.0) {
+            // Crash with the answer on the wire.
+            self.stop = Some((i, Stop::CrashAfterSend));
         }
         let reply = Msg::ExportReply {
-            mv,
+            mv: req.mv,
             last: true,
             data,
         };
@@ -1088,6 +1163,14 @@ impl World {
                     return;
                 }
                 p.recv.on_done(mv.id, phase, now);
+                let skips = matches!(
+                    self.cfg.mutation,
+                    Mutation::CommitAfterCopy | Mutation::CommitAfterCopyUnchecked
+                );
+                if skips && phase == Phase::Copy {
+                    // A broken target: as if the last export had come back too.
+                    p.recv.on_done(mv.id, Phase::Last, now);
+                }
             }
             None => p.recv.on_failed(mv.id, phase, now),
         }
@@ -1144,6 +1227,13 @@ impl World {
                     _ => p.recv.on_done(move_id, Phase::Commit, now),
                 }
             }
+            Tag::Fenced { move_id } => match resp {
+                ControlResponse::Rejected(why) if why != "unchanged" => {
+                    let p = self.nodes[i].proc_.as_mut().expect("running");
+                    p.fencing.remove(&move_id);
+                }
+                _ => self.fence_recorded(i, move_id),
+            },
             Tag::Admin => {}
         }
     }

@@ -54,7 +54,9 @@ pub struct ClusterConfig {
     /// The seed nodes, `name@ip:port` (their cluster addresses). They form the Raft group
     /// that decides membership and ownership; the list must be the same on every node.
     pub seeds: Vec<String>,
-    /// Shared secret for node-to-node authentication.
+    /// Shared secret for node-to-node authentication, and the bearer token of the cluster's
+    /// admin endpoints (`POST /v1/cluster/leave`). At least 16 characters; the default is
+    /// refused in cluster mode.
     pub cookie: String,
     /// Vnodes in the ring: a power of two, fixed when the cluster is created.
     pub vnodes: u32,
@@ -72,6 +74,9 @@ pub struct ClusterConfig {
     /// Size of one handoff page.
     pub handoff_page_bytes: usize,
 }
+
+/// The shortest cluster cookie accepted.
+const MIN_COOKIE_LEN: usize = 16;
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -213,6 +218,12 @@ impl Config {
         }
         let c = &self.cluster;
         if c.enabled {
+            if c.cookie == ClusterConfig::default().cookie || c.cookie.len() < MIN_COOKIE_LEN {
+                return bad(
+                    "cluster.cookie must be a secret of at least 16 characters, not the default: \
+                     anyone who knows it can join the cluster and propose control commands",
+                );
+            }
             if crate::domain::Sku::parse(&c.node_name).is_err() {
                 return bad("cluster.node_name must be a valid id ([A-Za-z0-9._:-], 1..=128)");
             }
@@ -267,5 +278,27 @@ mod tests {
             assert!(Config::load(None).is_err());
             Ok(())
         });
+    }
+
+    /// A cluster node refuses the default (or a short) cookie: with it, anyone who can reach
+    /// the cluster port can join and propose control commands.
+    #[test]
+    fn a_cluster_node_refuses_a_guessable_cookie() {
+        let node = |cookie: &str| Config {
+            cluster: ClusterConfig {
+                enabled: true,
+                node_name: "n1".into(),
+                seeds: vec!["n1@127.0.0.1:7100".into()],
+                cookie: cookie.into(),
+                ..ClusterConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(node("stockring").validate().is_err(), "the default cookie");
+        assert!(node("short").validate().is_err(), "a short cookie");
+        assert!(node("").validate().is_err(), "no cookie");
+        assert!(node("a-long-enough-secret").validate().is_ok());
+        // A single node needs none.
+        assert!(Config::default().validate().is_ok());
     }
 }

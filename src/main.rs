@@ -71,6 +71,9 @@ enum ClusterCommand {
     Leave {
         #[arg(long)]
         node: String,
+        /// The cluster's cookie (the admin token of this endpoint).
+        #[arg(long, env = "STOCKRING_CLUSTER__COOKIE", hide_env_values = true)]
+        cookie: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
         /// Return at once instead of waiting until the node has left.
@@ -223,11 +226,13 @@ async fn cluster_cli(cmd: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::Leave {
             node,
+            cookie,
             http,
             no_wait,
         } => {
             let resp = client
                 .post(format!("http://{http}/v1/cluster/leave"))
+                .bearer_auth(cookie)
                 .json(&serde_json::json!({ "node": node }))
                 .send()
                 .await?;

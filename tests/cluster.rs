@@ -321,10 +321,19 @@ async fn leave(cluster: &TestCluster, via: &str, node: &str) {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
+    // Without the admin token: refused, nothing happens.
+    let refused = http
+        .post(format!("{}/v1/cluster/leave", cluster.base(via)))
+        .json(&json!({ "node": node }))
+        .send()
+        .await
+        .expect("leave request");
+    assert_eq!(refused.status().as_u16(), 401, "a leave without the token");
     let deadline = Instant::now() + CONVERGE;
     loop {
         let resp = http
             .post(format!("{}/v1/cluster/leave", cluster.base(via)))
+            .bearer_auth(cluster_support::COOKIE)
             .json(&json!({ "node": node }))
             .send()
             .await

@@ -30,11 +30,25 @@ pub struct LeaveBody {
 }
 
 /// Decommission: the node's vnodes are handed to the others; it stops once it holds none.
+/// An admin operation: the caller shows the cluster's secret as a bearer token
+/// (`Authorization: Bearer <cookie>`); without it, 401 and nothing happens.
 pub async fn leave(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<LeaveBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let cluster = state.cluster.as_ref().ok_or_else(no_cluster)?;
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| cluster.is_admin_token(t)) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an admin operation: send the cluster cookie as `Authorization: Bearer <cookie>`",
+        ));
+    }
     let Json(body) = body?;
     if cluster.seeds_contain(&body.node) {
         return Err(ApiError::conflict(

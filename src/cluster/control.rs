@@ -78,6 +78,10 @@ pub struct Move {
     /// move lifts the fence only from a map at least this new that no longer has the move
     /// (an older map simply has not heard of it yet).
     pub begun_at: u64,
+    /// The source said its fence for this move is durable (`MoveFenced`): only then may the
+    /// target commit it.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,9 +123,21 @@ pub enum ControlCommand {
         to: MemberId,
         now_ms: u64,
     },
+    /// The move's source: its fence for the move is durable (it writes nothing to the vnode
+    /// from now on). Proposed before it answers the target's last export.
+    MoveFenced {
+        vnode: Vnode,
+        move_id: u64,
+        by: MemberId,
+    },
+    /// The move's target: it holds everything the fenced source had; the vnode is its own.
+    /// Refused from anyone but the target, and before the source's `MoveFenced`. (`by` is
+    /// `None` only in logs written before it existed, which are replayed as they were.)
     CommitMove {
         vnode: Vnode,
         move_id: u64,
+        #[serde(default)]
+        by: Option<MemberId>,
     },
     AbortMove {
         vnode: Vnode,
@@ -135,6 +151,32 @@ pub enum ControlResponse {
     Member(MemberId),
     /// The command did not apply, and changed nothing.
     Rejected(String),
+}
+
+impl ControlCommand {
+    /// Whether the node named `from` may propose this command over the node-to-node
+    /// transport (the Raft leader asks before proposing for a peer). A node joins as itself,
+    /// fences the moves it is the source of, commits those it is the target of, and relays
+    /// an operator's `Leave` (authenticated where it arrived); the leader alone decides
+    /// everything else.
+    pub fn proposable_by(&self, from: &str, state: &ControlState) -> Result<(), String> {
+        let name_of = |id: &MemberId| state.members.get(id).map(|m| m.spec.name.as_str());
+        match self {
+            ControlCommand::Join(spec) if spec.name == from => Ok(()),
+            ControlCommand::Join(spec) => Err(format!("{from} cannot join as {}", spec.name)),
+            ControlCommand::Leave { .. } => Ok(()),
+            ControlCommand::MoveFenced { by, .. }
+            | ControlCommand::CommitMove { by: Some(by), .. }
+                if name_of(by) == Some(from) =>
+            {
+                Ok(())
+            }
+            ControlCommand::MoveFenced { .. } | ControlCommand::CommitMove { .. } => {
+                Err(format!("{from} proposed a move step for another member"))
+            }
+            _ => Err(format!("{from} proposed a command only the leader makes")),
+        }
+    }
 }
 
 impl ControlState {
@@ -268,12 +310,30 @@ impl ControlState {
                         epoch: entry.epoch,
                         started_ms: *now_ms,
                         begun_at: self.version + 1,
+                        fenced: false,
                     },
                 );
                 Done
             }
-            ControlCommand::CommitMove { vnode, move_id } => {
+            ControlCommand::MoveFenced { vnode, move_id, by } => match self.moves.get_mut(vnode) {
+                Some(m) if m.id == *move_id && m.from == *by => {
+                    if m.fenced {
+                        return Rejected("unchanged".into());
+                    }
+                    m.fenced = true;
+                    Done
+                }
+                Some(m) if m.id == *move_id => Rejected("only the move's source fences it".into()),
+                _ => Rejected("no such move".into()),
+            },
+            ControlCommand::CommitMove { vnode, move_id, by } => {
                 match self.moves.get(vnode) {
+                    Some(m) if m.id == *move_id && by.is_some_and(|b| b != m.to) => {
+                        Rejected("only the move's target commits it".into())
+                    }
+                    Some(m) if m.id == *move_id && by.is_some() && !m.fenced => {
+                        Rejected("the source has not fenced the vnode".into())
+                    }
                     Some(m) if m.id == *move_id => {
                         let m = *m;
                         self.moves.remove(vnode);

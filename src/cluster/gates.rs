@@ -141,9 +141,15 @@ mod tests {
         let mv = map.moves[&0];
         own.on_export_request(&ExportRequest { mv, last: true });
         gates.close(0);
+        map.apply(&ControlCommand::MoveFenced {
+            vnode: 0,
+            move_id: mv.id,
+            by: me,
+        });
         map.apply(&ControlCommand::CommitMove {
             vnode: 0,
             move_id: mv.id,
+            by: Some(other),
         });
         let lifted = own.on_map(Arc::new(map)).expect("a newer map");
         assert_eq!(lifted.len(), 1, "the commit resolves the fence");

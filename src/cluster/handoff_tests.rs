@@ -81,11 +81,48 @@ fn commit_hands_the_vnode_over() {
             epoch: mv.epoch
         }
     );
-    let commit = ControlCommand::CommitMove {
+    // Only the target commits, and only once the source has fenced the vnode; only the
+    // source fences it.
+    let commit_by = |by| ControlCommand::CommitMove {
         vnode: mv.vnode,
         move_id: mv.id,
+        by: Some(by),
     };
+    let fenced_by = |by| ControlCommand::MoveFenced {
+        vnode: mv.vnode,
+        move_id: mv.id,
+        by,
+    };
+    assert!(matches!(
+        s.apply(&commit_by(mv.from)),
+        ControlResponse::Rejected(_)
+    ));
+    assert!(matches!(
+        s.apply(&commit_by(mv.to)),
+        ControlResponse::Rejected(_)
+    ));
+    assert!(matches!(
+        s.apply(&fenced_by(mv.to)),
+        ControlResponse::Rejected(_)
+    ));
+    assert_eq!(s.apply(&fenced_by(mv.from)), ControlResponse::Done);
+    assert!(matches!(
+        s.apply(&commit_by(mv.from)),
+        ControlResponse::Rejected(_)
+    ));
+    let commit = commit_by(mv.to);
     assert_eq!(s.apply(&commit), ControlResponse::Done);
+    // Over the transport, a peer proposes only its own steps.
+    let state = s.clone();
+    let named = |id| state.members[&id].spec.name.clone();
+    assert!(commit.proposable_by(&named(mv.to), &state).is_ok());
+    assert!(commit.proposable_by(&named(mv.from), &state).is_err());
+    let begin = ControlCommand::BeginMove {
+        vnode: mv.vnode,
+        to: mv.from,
+        now_ms: 0,
+    };
+    assert!(begin.proposable_by(&named(mv.to), &state).is_err());
     // An aborted move cannot commit afterwards, and a committed one cannot abort.
     let abort = ControlCommand::AbortMove {
         vnode: mv.vnode,
@@ -143,9 +180,15 @@ fn receiver_walks_copy_last_commit() {
     r.on_done(mv.id, Phase::Last, 10_000);
     assert_eq!(r.poll(10_000, 8), vec![Effect::ProposeCommit(mv)]);
     let mut done = s.clone();
+    done.apply(&ControlCommand::MoveFenced {
+        vnode: mv.vnode,
+        move_id: mv.id,
+        by: mv.from,
+    });
     done.apply(&ControlCommand::CommitMove {
         vnode: mv.vnode,
         move_id: mv.id,
+        by: Some(mv.to),
     });
     r.on_map(1, &done);
     assert_eq!(r.in_flight(), 0);

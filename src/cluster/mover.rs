@@ -158,6 +158,7 @@ async fn commit(cluster: &Arc<Cluster>, mv: Move) -> Result<(), String> {
     let cmd = ControlCommand::CommitMove {
         vnode: mv.vnode,
         move_id: mv.id,
+        by: Some(mv.to),
     };
     match cluster.propose(cmd).await? {
         ControlResponse::Rejected(why) => {
@@ -205,7 +206,7 @@ pub(super) async fn serve_export(
         ExportDecision::Refuse => return PeerReply::ExportRefused,
         ExportDecision::Copy => {}
         ExportDecision::FenceThenExport(f) => {
-            if let Err(e) = fence(cluster, f, map.vnodes).await {
+            if let Err(e) = fence(cluster, f, mv.from, map.vnodes).await {
                 return PeerReply::Error(e.to_string());
             }
         }
@@ -252,6 +253,7 @@ pub(super) async fn serve_export(
 async fn fence(
     cluster: &Arc<Cluster>,
     f: super::handoff::Fence,
+    from: super::MemberId,
     vnodes: u32,
 ) -> Result<(), FenceError> {
     if lock(&cluster.durable_fences).contains(&(f.vnode, f.move_id)) {
@@ -303,14 +305,26 @@ async fn fence(
     rx.await
         .map_err(|_| StorageError::WriterStopped)?
         .map_err(FenceError::Storage)?;
-    {
-        let o = cluster.ownership.read().unwrap_or_else(|p| p.into_inner());
-        if !o.holds_fence(&f) {
-            // Lifted while it was being written: the lift's delete follows it on disk.
-            return Err(FenceError::Resolved);
-        }
-        lock(&cluster.durable_fences).insert((f.vnode, f.move_id));
+    if !current() {
+        // Lifted while it was being written: the lift's delete follows it on disk.
+        return Err(FenceError::Resolved);
     }
+    // The control plane records the fence: the target's commit is refused before it.
+    let fenced = ControlCommand::MoveFenced {
+        vnode: f.vnode,
+        move_id: f.move_id,
+        by: from,
+    };
+    match cluster.propose(fenced).await.map_err(FenceError::Control)? {
+        ControlResponse::Rejected(why) if why != "unchanged" => {
+            return Err(FenceError::Control(why));
+        }
+        _ => {}
+    }
+    if !current() {
+        return Err(FenceError::Resolved);
+    }
+    lock(&cluster.durable_fences).insert((f.vnode, f.move_id));
     tracing::info!(
         vnode = f.vnode,
         move_id = f.move_id,
@@ -325,4 +339,6 @@ enum FenceError {
     Resolved,
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("the control plane did not record the fence: {0}")]
+    Control(String),
 }

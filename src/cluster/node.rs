@@ -181,6 +181,17 @@ impl Cluster {
         let _ = self.http.set(router);
     }
 
+    /// `token` is the cluster's secret (compared in constant time).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let secret = self.config.cookie.as_bytes();
+        let token = token.as_bytes();
+        let differ = secret
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        secret.len() == token.len() && differ == 0
+    }
+
     pub fn seeds_contain(&self, name: &str) -> bool {
         self.seeds.iter().any(|(n, _)| n == name)
     }
@@ -445,21 +456,20 @@ impl Cluster {
         let mut targets: Vec<String> = hint.into_iter().collect();
         targets.extend(self.seeds.iter().map(|(n, _)| n.clone()));
         targets.dedup();
+        let request = PeerRequest::Propose {
+            from: self.spec.name.clone(),
+            cmd,
+        };
         for target in targets {
             if target == self.spec.name {
                 continue;
             }
-            let call =
-                self.transport
-                    .call(&target, &PeerRequest::Propose(cmd.clone()), CONTROL_TIMEOUT);
+            let call = self.transport.call(&target, &request, CONTROL_TIMEOUT);
             match call.await {
                 Ok(PeerReply::Proposed(r)) => return Ok(r),
+                Ok(PeerReply::Error(why)) => return Err(why),
                 Ok(PeerReply::NotLeader { leader: Some(l) }) if l != target => {
-                    let again = self.transport.call(
-                        &l,
-                        &PeerRequest::Propose(cmd.clone()),
-                        CONTROL_TIMEOUT,
-                    );
+                    let again = self.transport.call(&l, &request, CONTROL_TIMEOUT);
                     if let Ok(PeerReply::Proposed(r)) = again.await {
                         return Ok(r);
                     }
@@ -507,12 +517,18 @@ impl Cluster {
                     commit_index: commit,
                 }
             }
-            PeerRequest::Propose(cmd) => match &self.control {
-                Some(plane) => match plane.propose(cmd).await {
-                    Ok(r) => PeerReply::Proposed(r),
-                    Err(ControlError::NotLeader { leader }) => PeerReply::NotLeader { leader },
-                    Err(e) => PeerReply::Error(e.to_string()),
-                },
+            PeerRequest::Propose { from, cmd } => match &self.control {
+                Some(plane) => {
+                    if let Err(why) = cmd.proposable_by(&from, &plane.state()) {
+                        tracing::warn!(peer = %from, ?cmd, why, "control command refused");
+                        return PeerReply::Error(why);
+                    }
+                    match plane.propose(cmd).await {
+                        Ok(r) => PeerReply::Proposed(r),
+                        Err(ControlError::NotLeader { leader }) => PeerReply::NotLeader { leader },
+                        Err(e) => PeerReply::Error(e.to_string()),
+                    }
+                }
                 None => PeerReply::NotLeader {
                     leader: lock(&self.raft_view).0.clone(),
                 },

@@ -31,8 +31,12 @@ pub enum PeerRequest {
     GetMap {
         have: u64,
     },
-    /// A control command for the Raft leader.
-    Propose(ControlCommand),
+    /// A control command for the Raft leader, from the node named `from` (which the leader
+    /// checks may propose it: `ControlCommand::proposable_by`).
+    Propose {
+        from: String,
+        cmd: ControlCommand,
+    },
     /// An API request for an order the receiver coordinates (orders live with their vnode).
     Http {
         method: String,

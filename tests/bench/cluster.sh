@@ -24,7 +24,7 @@ enabled = true
 node_name = "$1"
 cluster_addr = "127.0.0.1:$3"
 seeds = [$5]
-cookie = "bench"
+cookie = "stockring-bench-cluster"
 vnodes = $4
 TOML
 }

@@ -16,6 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Log filter of every node (the node's stderr goes to `<dir>/<name>.log`).
+/// The test cluster's cookie (also the admin token of `POST /v1/cluster/leave`).
+pub const COOKIE: &str = "stockring-cluster-test";
+
 pub const LOG_FILTER: &str = "info,ractor_cluster=warn,ractor=warn";
 
 /// One node's fixed identity: name, ports, files.
@@ -97,7 +100,7 @@ impl TestCluster {
                  node_name = \"{name}\"\n\
                  cluster_addr = \"127.0.0.1:{cport}\"\n\
                  seeds = [{seeds}]\n\
-                 cookie = \"stockring-cluster-test\"\n\
+                 cookie = \"{COOKIE}\"\n\
                  vnodes = {vnodes}\n\
                  heartbeat_ms = {hb}\n\
                  down_after_missed = {missed}\n",

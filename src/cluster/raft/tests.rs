@@ -240,8 +240,18 @@ async fn bootstrap_join_move(g: &Group) -> ControlState {
     };
     assert_eq!(g.propose(begin).await, ControlResponse::Done);
     let leader = g.plane(&g.leader().await);
-    let move_id = leader.state().moves[&0].id;
-    let commit = ControlCommand::CommitMove { vnode: 0, move_id };
+    let mv = leader.state().moves[&0];
+    let fenced = ControlCommand::MoveFenced {
+        vnode: 0,
+        move_id: mv.id,
+        by: mv.from,
+    };
+    assert_eq!(g.propose(fenced).await, ControlResponse::Done);
+    let commit = ControlCommand::CommitMove {
+        vnode: 0,
+        move_id: mv.id,
+        by: Some(new),
+    };
     assert_eq!(g.propose(commit).await, ControlResponse::Done);
     let state = (*leader.state()).clone();
     assert_eq!(
