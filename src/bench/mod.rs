@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// Do not seed the keys' stock first (they were seeded by an earlier run with --run-id).
     #[arg(long)]
     pub skip_seed: bool,
+    /// Pad every reservation id to this many characters (at most 128; real ids are often
+    /// UUIDs or longer): what a key that remembers its ids stores grows with them.
+    #[arg(long, default_value_t = 0)]
+    pub id_len: usize,
 }
 
 /// Runs one bench and prints its summary and JSON line to stdout.
@@ -110,6 +114,11 @@ pub struct BenchArgs {
 /// flash FAIL is reported through `flash_pass`; the exit status is the caller's decision.
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
+    anyhow::ensure!(
+        args.id_len <= crate::limits::MAX_ID_LEN,
+        "--id-len must be at most {}",
+        crate::limits::MAX_ID_LEN
+    );
     let api = Api::new(&args.target, args.clients)?;
     let run_id = args
         .run_id
@@ -131,6 +140,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let plan = Plan {
         api: api.clone(),
         id_prefix: format!("{run_id}.{:08x}", rand::random::<u32>()),
+        id_len: args.id_len,
         skus,
         picker,
         budget,

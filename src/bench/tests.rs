@@ -35,6 +35,7 @@ fn args(target: String, workload: Workload) -> BenchArgs {
         json_only: true,
         run_id: None,
         skip_seed: false,
+        id_len: 100,
     }
 }
 

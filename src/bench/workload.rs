@@ -93,6 +93,8 @@ pub struct Plan {
     /// Starts every reservation id of this run; unique per invocation, so a run against keys
     /// an earlier run used (`--run-id`) makes new reservations instead of replaying old ones.
     pub id_prefix: String,
+    /// Reservation ids are padded to this length (0: not padded).
+    pub id_len: usize,
     pub skus: Vec<String>,
     pub picker: KeyPicker,
     pub budget: Budget,
@@ -149,6 +151,13 @@ pub async fn drive(plan: Plan, done: Arc<AtomicU64>) -> anyhow::Result<(Tally, D
     Ok((total, started.elapsed()))
 }
 
+/// `{prefix}-{client}-{seq}`, zero-padded before the client number to `len` characters.
+fn reservation_id(prefix: &str, client: usize, seq: u64, len: usize) -> String {
+    let tail = format!("{client}-{seq}");
+    let pad = len.saturating_sub(prefix.len() + 1 + tail.len());
+    format!("{prefix}-{}{tail}", "0".repeat(pad))
+}
+
 /// One client: reserve qty 1 on a picked key, record, repeat. Never retries: a failure is a
 /// data point, and retrying would hide it and distort the latency of the next attempt.
 async fn worker(shared: Arc<Shared>, client: usize, mut tally: Tally) -> Tally {
@@ -161,7 +170,7 @@ async fn worker(shared: Arc<Shared>, client: usize, mut tally: Tally) -> Tally {
             sku: plan.skus[key].clone(),
             warehouse: WAREHOUSE.to_owned(),
             qty: 1,
-            reservation_id: format!("{}-{client}-{seq}", plan.id_prefix),
+            reservation_id: reservation_id(&plan.id_prefix, client, seq, plan.id_len),
             ttl_ms: RESERVE_TTL_MS,
         };
         seq += 1;
