@@ -15,10 +15,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Log filter of every node (the node's stderr goes to `<dir>/<name>.log`).
 /// The test cluster's cookie (also the admin token of `POST /v1/cluster/leave`).
 pub const COOKIE: &str = "stockring-cluster-test";
 
+/// Log filter of every node (the node's stderr goes to `<dir>/<name>.log`).
 pub const LOG_FILTER: &str = "info,ractor_cluster=warn,ractor=warn";
 
 /// One node's fixed identity: name, ports, files.
@@ -139,8 +139,9 @@ impl TestCluster {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Spawns `stockring serve --config <name>.toml`; stdout and stderr are appended to the
-    /// node's log file (a restart keeps the earlier lines). Does not wait for anything.
+    /// Spawns `stockring serve --config <name>.toml` (`$STOCKRING_BIN` if set); stdout and
+    /// stderr are appended to the node's log file (a restart keeps the earlier lines). Does
+    /// not wait for anything.
     pub fn spawn(&self, name: &str) {
         let def = self.def(name);
         let mut log = OpenOptions::new()
@@ -150,7 +151,10 @@ impl TestCluster {
             .expect("open node log");
         let _ = writeln!(log, "===== test harness: starting {name} =====");
         let err = log.try_clone().expect("clone log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_stockring"))
+        // `STOCKRING_BIN`: another build of the binary (to measure an older one the same way).
+        let bin = std::env::var("STOCKRING_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stockring").to_owned());
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&def.config)
