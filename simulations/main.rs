@@ -12,7 +12,7 @@
 //! - `cargo test --test simulations`: the regression seeds, then seeds 0..`DEFAULT_SEEDS`
 //!   (about 2-4 s in a debug build), plus the determinism and mutant tests.
 //! - `simulations/sweep.sh [count] [first]`: a long sweep, release build, one chunk per core
-//!   (60 000 seeds take about 15 minutes on 2 cores); prints each failing seed.
+//!   (60 000 seeds take under a minute on 2 cores); prints each failing seed.
 //! - `STOCKRING_SIM_SEEDS=n [STOCKRING_SIM_FIRST=k] cargo test --test simulations
 //!   membership -- --nocapture`: a long sweep over seeds k..k+n (20 000 seeds take about
 //!   10 minutes in a debug build; `--release` is faster once built).

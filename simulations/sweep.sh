@@ -5,7 +5,7 @@
 #
 #   simulations/sweep.sh [COUNT=60000] [FIRST=0]
 #
-# 60,000 seeds take about 15 minutes on 2 cores. Replay a failure with
+# 60,000 seeds take under a minute on 2 cores (release build). Replay a failure with
 #   STOCKRING_SIM_SEED=<seed> cargo test --test simulations membership -- --nocapture
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -256,7 +256,9 @@ async fn journal(
     let n = events.len() as u64;
     let first_version = st.ledger.version() - n + 1;
     for event in &events {
-        st.touched.extend(event.touched());
+        event.touched(|k| {
+            st.touched.insert(k);
+        });
     }
     let blobs = events.iter().map(codec::encode_event).collect();
     let inflight = st.inflight.clone();

@@ -190,23 +190,23 @@ impl Event {
     }
 
     /// The remembered ids whose record this event creates or changes (what a snapshot taken
-    /// after it must store again). `Forgot` changes none: what it forgets is dropped on load
-    /// by the forgotten horizon the snapshot carries.
-    pub fn touched(&self) -> Vec<RecordKey> {
+    /// after it must store again), given one by one to `each`. `Forgot` changes none: what
+    /// it forgets is dropped on load by the forgotten horizon the snapshot carries.
+    pub fn touched(&self, mut each: impl FnMut(RecordKey)) {
         let r = |id: &ReservationId| RecordKey::Reservation(id.clone());
         match self {
             Event::Reserved { reservation_id, .. }
             | Event::ReserveRefused { reservation_id, .. }
             | Event::Committed { reservation_id, .. }
             | Event::Released { reservation_id, .. }
-            | Event::Cancelled { reservation_id, .. } => vec![r(reservation_id)],
+            | Event::Cancelled { reservation_id, .. } => each(r(reservation_id)),
             Event::Expired {
                 reservation_ids, ..
-            } => reservation_ids.iter().map(r).collect(),
+            } => reservation_ids.iter().for_each(|id| each(r(id))),
             Event::OpApplied { op_id, .. } | Event::CountRefused { op_id, .. } => {
-                vec![RecordKey::Op(op_id.clone())]
+                each(RecordKey::Op(op_id.clone()))
             }
-            Event::Forgot { .. } => Vec::new(),
+            Event::Forgot { .. } => {}
         }
     }
 }

@@ -368,14 +368,18 @@ proptest! {
                                 prop_assert!(r.expires_at_ms <= *at_ms, "expired early");
                             }
                         }
-                        touched.extend(e.touched());
+                        e.touched(|k| {
+                            touched.insert(k);
+                        });
                     }
                     journal.extend(events);
                 }
                 Step::Tick { advance_ms } => {
                     now += advance_ms;
                     if let Some(e) = state.expire_due(now) {
-                        touched.extend(e.touched());
+                        e.touched(|k| {
+                            touched.insert(k);
+                        });
                         journal.push(e);
                     }
                     model.expire(now);

@@ -222,7 +222,9 @@ pub fn rebuild(
             });
         }
         let event = codec::decode_event(&row.event).map_err(corrupt)?;
-        touched.extend(event.touched());
+        event.touched(|k| {
+            touched.insert(k);
+        });
         state.apply_event(&event);
         tail_events += 1;
     }
