@@ -93,7 +93,7 @@ pub fn document() -> Value {
     let paths = json!({
         "/v1/reservations": { "post": op("Reserve stock (a hold with a TTL)", &[], Some("ReserveRequest"), json!({
             "201": resp("Reserved", "Reservation"), "200": resp("Replay of the same id and body: the first answer", "Reservation"),
-            "409": errors(reserve_errors), "400": errors(reserve_errors), "503": errors("overloaded, key_unavailable, not_ready") })) },
+            "409": errors(reserve_errors), "400": errors(reserve_errors), "503": errors("overloaded, key_unavailable, timeout (may still apply: retry with the same id), not_ready") })) },
         "/v1/reservations/{id}/commit": { "post": op("Commit a hold: the units leave on_hand", &["id"], Some("KeyRef"), json!({
             "200": resp("Committed (also on a repeat)", "Reservation"), "404": errors(finish_errors), "409": errors(finish_errors) })) },
         "/v1/reservations/{id}/release": { "post": op("Release a hold", &["id"], Some("KeyRef"), json!({
@@ -113,7 +113,7 @@ pub fn document() -> Value {
             "409": errors("insufficient_stock (names the line), id_conflict, order_aborted (an interrupted reservation was undone; nothing is held)") })) },
         "/v1/orders/{id}": { "get": op("An order", &["id"], None, json!({ "200": resp("Order", "Order"), "404": errors("unknown_order") })) },
         "/v1/orders/{id}/commit": { "post": op("Commit every line", &["id"], None, json!({
-            "200": resp("Committed", "Order"), "404": errors("unknown_order"), "409": errors("invalid_order_state, expired") })) },
+            "200": resp("Committed", "Order"), "404": errors("unknown_order"), "409": errors("invalid_order_state, expired (names the expired_lines not sold)") })) },
         "/v1/orders/{id}/release": { "post": op("Release every line", &["id"], None, json!({
             "200": resp("Released", "Order"), "404": errors("unknown_order"), "409": errors("invalid_order_state") })) },
         "/v1/batch": { "post": op("Many operations; results in order", &[], Some("BatchRequest"), json!({
