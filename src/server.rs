@@ -13,7 +13,6 @@ use crate::cluster::http::OrderRoute;
 use crate::cluster::node::Cluster;
 use crate::cluster::transport::{RactorTransport, TransportConfig};
 use crate::config::Config;
-use crate::domain::order::Order;
 use crate::persistence::backup::DataDirLock;
 use crate::persistence::{store, Writer};
 use anyhow::Context;
@@ -168,9 +167,8 @@ pub async fn start_with_wall(config: Config, wall: Arc<dyn Wall>) -> anyhow::Res
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let (mine, inside) = coordinated_here(cluster.as_deref(), in_flight);
-        let (recovered, left) = orders.recover(mine).await;
-        drop(inside);
+        let enter = |id: &_| enter_order(cluster.as_deref(), id);
+        let (recovered, left) = orders.recover(in_flight, enter).await;
         ready_node.set_ready(true);
         tracing::info!(
             recovered_orders = recovered,
@@ -195,28 +193,21 @@ pub async fn start_with_wall(config: Config, wall: Arc<dyn Wall>) -> anyhow::Res
     })
 }
 
-/// The orders of `in_flight` this node coordinates now, each with its vnode's gate entered
-/// (a handoff waits for them). Without a cluster, all of them. In a cluster an order on disk
-/// here may be a copy imported by a handoff, or one whose vnode moved away: its owner
-/// finishes it.
-fn coordinated_here(
-    cluster: Option<&Cluster>,
-    in_flight: Vec<Order>,
-) -> (Vec<Order>, Vec<crate::cluster::gates::Guard<'_>>) {
+/// Whether this node coordinates order `id` now and, if so, its vnode's gate entered (a
+/// handoff waits for it) while the order is recovered. Without a cluster, every order (no
+/// gate). In a cluster an order on disk here may be a copy imported by a handoff, or one whose
+/// vnode moved away: its owner finishes it.
+fn enter_order<'c>(
+    cluster: Option<&'c Cluster>,
+    id: &crate::domain::OrderId,
+) -> Option<Option<crate::cluster::gates::Guard<'c>>> {
     let Some(c) = cluster else {
-        return (in_flight, Vec::new());
+        return Some(None);
     };
-    let mut inside = Vec::new();
-    let mut mine = Vec::new();
-    for order in in_flight {
-        if let OrderRoute::Here(vnode) = c.order_route(order.order_id.as_str()) {
-            if let Some(guard) = c.enter_gate(vnode) {
-                inside.push(guard);
-                mine.push(order);
-            }
-        }
+    match c.order_route(id.as_str()) {
+        OrderRoute::Here(vnode) => c.enter_gate(vnode).map(Some),
+        _ => None,
     }
-    (mine, inside)
 }
 
 /// How often a live node looks for orders that no request finished.
@@ -241,9 +232,8 @@ async fn sweep_stalled_orders(orders: OrderCoordinator, cluster: Option<Arc<Clus
                 continue;
             }
         };
-        let (mine, inside) = coordinated_here(cluster.as_deref(), stalled);
-        let (finished, left) = orders.recover_stalled(mine).await;
-        drop(inside);
+        let enter = |id: &_| enter_order(cluster.as_deref(), id);
+        let (finished, left) = orders.recover_stalled(stalled, enter).await;
         if finished + left > 0 {
             tracing::info!(finished, left, "order sweep");
         }

@@ -294,11 +294,18 @@ impl OrderCoordinator {
     /// Drives every order a crash interrupted to an end. Runs before the node is ready. An
     /// order that cannot be finished now (a key unavailable) is logged and left in flight: a
     /// client retry or the sweep (`recover_stalled`) finishes it, and its holds expire
-    /// meanwhile. One bad key must not keep the whole node from serving. Returns (finished,
-    /// left).
-    pub async fn recover(&self, orders: Vec<Order>) -> (usize, usize) {
+    /// meanwhile. One bad key must not keep the whole node from serving. `enter` admits an
+    /// order (see `recover_stalled`). Returns (finished, left).
+    pub async fn recover<G>(
+        &self,
+        orders: Vec<Order>,
+        enter: impl Fn(&OrderId) -> Option<G>,
+    ) -> (usize, usize) {
         let (mut finished, mut left) = (0, 0);
         for mut order in orders {
+            let Some(_inside) = enter(&order.order_id) else {
+                continue;
+            };
             let _l = self.lock(&order.order_id).await;
             if self.recover_logged(&mut order).await {
                 finished += 1;
@@ -314,9 +321,21 @@ impl OrderCoordinator {
     /// handed their vnode here). Those a request holds now are skipped; each is read again
     /// under its lock, since a request may have finished it after it was listed. Returns
     /// (finished, left).
-    pub async fn recover_stalled(&self, orders: Vec<Order>) -> (usize, usize) {
+    ///
+    /// `enter` says whether this node coordinates an order now and, if so, holds what keeps
+    /// that true while the order is worked on (in a cluster: its vnode's gate, which a handoff
+    /// waits for). It is entered for one order at a time: held across the whole list, every
+    /// handoff of those vnodes would wait for all the orders, up to an answer timeout each.
+    pub async fn recover_stalled<G>(
+        &self,
+        orders: Vec<Order>,
+        enter: impl Fn(&OrderId) -> Option<G>,
+    ) -> (usize, usize) {
         let (mut finished, mut left) = (0, 0);
         for listed in orders {
+            let Some(_inside) = enter(&listed.order_id) else {
+                continue;
+            };
             let Some(_l) = self.try_lock(&listed.order_id) else {
                 continue;
             };
@@ -435,3 +454,7 @@ impl Drop for OrderLock {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "order_tests.rs"]
+mod tests;

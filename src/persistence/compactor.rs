@@ -126,11 +126,29 @@ fn lower_priority() {
 fn lower_priority() {}
 
 fn rebuild(conn: &Connection, job: &Job) -> Result<Compaction, StorageError> {
-    let snapshot = keys::read_key(conn, &job.key)?;
+    rebuild_between(conn, job, || {})
+}
+
+/// `rebuild`, with `between` run after the snapshot row is read and before its segments are
+/// (where a test puts the writer's concurrent rewrite).
+///
+/// Both reads are in one read transaction: in WAL mode it sees the file as of its first read.
+/// Read separately, a rewrite committed between them (a new generation, the old one deleted)
+/// left the row naming segments that no longer exist: `MissingSegment`, the job `Failed`, and
+/// the key kept out of compaction until a restart while its rows pinned the journal.
+fn rebuild_between(
+    conn: &Connection,
+    job: &Job,
+    between: impl FnOnce(),
+) -> Result<Compaction, StorageError> {
+    let read = conn.unchecked_transaction()?;
+    let snapshot = keys::read_key(&read, &job.key)?;
+    between();
     let segments = match &snapshot {
-        Some(s) => keys::read_segments(conn, &job.key, &s.log)?,
+        Some(s) => keys::read_segments(&read, &job.key, &s.log)?,
         None => Vec::new(),
     };
+    drop(read);
     let stored = snapshot.as_ref().map(|s| (s, segments.as_slice()));
     let loaded = keys::rebuild(&job.key, stored, &job.rows)?;
     if loaded.tail_events == 0 {
@@ -142,3 +160,7 @@ fn rebuild(conn: &Connection, job: &Job) -> Result<Compaction, StorageError> {
         based_on: snapshot.map(|s| s.changed),
     })
 }
+
+#[cfg(test)]
+#[path = "compactor_tests.rs"]
+mod tests;
