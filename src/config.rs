@@ -243,9 +243,15 @@ impl Config {
             if c.max_in_flight_per_peer == 0 || c.max_moves == 0 {
                 return bad("cluster.max_in_flight_per_peer and cluster.max_moves must be >= 1");
             }
-            if c.max_message_bytes < 64 * 1024 || c.handoff_page_bytes * 2 > c.max_message_bytes {
+            // A handoff page is filled until it reaches `handoff_page_bytes`, so it can pass
+            // that by one item: a record segment (< 2 * SEGMENT_BYTES) plus its key. A cap
+            // below that would refuse some key's page on every try, and its move would abort
+            // and restart forever.
+            let page_max = c.handoff_page_bytes + 2 * crate::persistence::codec::SEGMENT_BYTES;
+            if c.handoff_page_bytes == 0 || c.max_message_bytes < page_max + 64 * 1024 {
                 return bad(
-                    "need 64 KiB <= max_message_bytes and handoff_page_bytes <= half of it",
+                    "cluster.max_message_bytes must be at least handoff_page_bytes + 576 KiB \
+                     (a page can pass handoff_page_bytes by one 512 KiB record segment)",
                 );
             }
         }
@@ -300,5 +306,31 @@ mod tests {
         assert!(node("a-long-enough-secret").validate().is_ok());
         // A single node needs none.
         assert!(Config::default().validate().is_ok());
+    }
+
+    /// The message cap leaves room for a full handoff page plus the one segment that can
+    /// take it past `handoff_page_bytes`; with less, a key with a large segment never moves.
+    #[test]
+    fn the_message_cap_fits_a_handoff_page_and_a_segment() {
+        let node = |max_message_bytes: usize, handoff_page_bytes: usize| Config {
+            cluster: ClusterConfig {
+                enabled: true,
+                node_name: "n1".into(),
+                seeds: vec!["n1@127.0.0.1:7100".into()],
+                cookie: "a-long-enough-secret".into(),
+                max_message_bytes,
+                handoff_page_bytes,
+                ..ClusterConfig::default()
+            },
+            ..Config::default()
+        };
+        let segment = crate::persistence::codec::SEGMENT_BYTES;
+        let least = 64 * 1024 + 2 * segment;
+        assert!(node(16 << 20, 1 << 20).validate().is_ok(), "the defaults");
+        assert!(node(least + 4096, 4096).validate().is_ok());
+        assert!(node(least + 4095, 4096).validate().is_err());
+        // Half the cap for the page was the old rule: it let a 64 KiB cap through.
+        assert!(node(64 * 1024, 32 * 1024).validate().is_err());
+        assert!(node(1 << 20, 0).validate().is_err(), "an empty page");
     }
 }
