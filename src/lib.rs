@@ -12,6 +12,7 @@
 pub mod actors;
 pub mod api;
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod config;
 pub mod domain;

@@ -45,6 +45,10 @@ enum Command {
     Cluster(ClusterCommand),
     /// Drive load at a node; prints throughput, latency percentiles and a JSON line.
     Bench(stockring::bench::BenchArgs),
+    /// Start a local cluster of real nodes, run clients while injecting faults (kill -9,
+    /// SIGSTOP), heal, and check the recorded history for per-key linearizability and
+    /// C1-C3. Exit 0 only on a clean verdict (1 = a violation, 2 = the run failed).
+    Chaos(stockring::chaos::ChaosArgs),
     /// In-memory HTTP server with the same API shapes: the HTTP ceiling for `bench`.
     #[command(hide = true)]
     BenchNullServer {
@@ -121,6 +125,20 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
+        Command::Chaos(args) => {
+            init_logging("warn");
+            match runtime().and_then(|rt| rt.block_on(stockring::chaos::run(args))) {
+                Ok(verdict) => {
+                    print!("{}", stockring::chaos::run::describe(&verdict));
+                    return if verdict.clean {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    };
+                }
+                Err(e) => Err(e),
+            }
+        }
         Command::BenchNullServer {
             http_addr,
             durable_dir,

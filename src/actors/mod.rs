@@ -36,10 +36,15 @@ pub enum ServiceError {
     Timeout(u64),
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// The key's vnode is moving or its owner cannot be reached; nothing was applied (or, after
-    /// a forwarding timeout, the outcome is unknown: a retry with the same id replays it).
+    /// The key's vnode is moving or its owner is down: nothing was applied.
     #[error("the key's vnode is unavailable ({reason}); retry")]
     VnodeUnavailable { retry_after_ms: u64, reason: String },
+    /// The request was forwarded to the key's owner and no answer came back (the connection
+    /// failed, or the owner failed to answer): it may have been applied. A retry with the same
+    /// id replays its outcome. Kept apart from `VnodeUnavailable` so that a client (and the
+    /// chaos checker) can tell "not applied" from "unknown".
+    #[error("the key's owner did not answer ({reason}); it may have applied the request: retry with the same id")]
+    OutcomeUnknown { reason: String },
     /// A peer answered in a way this node cannot interpret.
     #[error("cluster: {0}")]
     Internal(String),

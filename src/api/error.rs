@@ -87,6 +87,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Overloaded => unavailable("overloaded", e.to_string()),
             ServiceError::Unavailable => unavailable("key_unavailable", e.to_string()),
             ServiceError::Timeout(_) => unavailable("timeout", e.to_string()),
+            ServiceError::OutcomeUnknown { .. } => unavailable("outcome_unknown", e.to_string()),
             ServiceError::ShuttingDown => unavailable("shutting_down", e.to_string()),
             ServiceError::VnodeUnavailable { retry_after_ms, .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -93,7 +93,7 @@ pub fn document() -> Value {
     let paths = json!({
         "/v1/reservations": { "post": op("Reserve stock (a hold with a TTL)", &[], Some("ReserveRequest"), json!({
             "201": resp("Reserved", "Reservation"), "200": resp("Replay of the same id and body: the first answer", "Reservation"),
-            "409": errors(reserve_errors), "400": errors(reserve_errors), "503": errors("overloaded, key_unavailable, timeout (may still apply: retry with the same id), not_ready") })) },
+            "409": errors(reserve_errors), "400": errors(reserve_errors), "503": errors("overloaded, key_unavailable, not_ready, vnode_unavailable (nothing applied), timeout or outcome_unknown (may still apply: retry with the same id)") })) },
         "/v1/reservations/{id}/commit": { "post": op("Commit a hold: the units leave on_hand", &["id"], Some("KeyRef"), json!({
             "200": resp("Committed (also on a repeat)", "Reservation"), "404": errors(finish_errors), "409": errors(finish_errors) })) },
         "/v1/reservations/{id}/release": { "post": op("Release a hold", &["id"], Some("KeyRef"), json!({

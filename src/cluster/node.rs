@@ -382,17 +382,16 @@ impl Cluster {
                             super::loops::refresh_map(&self).await;
                         }
                         Ok(ForwardResult::Fenced) => reason = "vnode moving",
+                        // The owner ran into an error after taking the request (a timeout
+                        // of its key, say), or the request or its answer was lost on the
+                        // way: either way it may have been applied.
                         Ok(ForwardResult::Failed(msg)) => {
-                            return Err(ServiceError::VnodeUnavailable {
-                                retry_after_ms: 100,
-                                reason: msg,
-                            })
+                            return Err(ServiceError::OutcomeUnknown { reason: msg })
                         }
                         Err(TransportError::Overloaded(_)) => return Err(ServiceError::Overloaded),
                         Err(e) => {
-                            return Err(ServiceError::VnodeUnavailable {
-                                retry_after_ms: 500,
-                                reason: e.to_string(),
+                            return Err(ServiceError::OutcomeUnknown {
+                                reason: format!("forward to {peer}: {e}"),
                             })
                         }
                     }

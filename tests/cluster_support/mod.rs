@@ -447,6 +447,8 @@ pub fn balanced_over(status: &Value, owners: &[&str]) -> bool {
 /// The 503 codes a client may retry (same id, same body: C3 makes that safe).
 pub const RETRYABLE: &[&str] = &[
     "vnode_unavailable",
+    "outcome_unknown",
+    "timeout",
     "overloaded",
     "key_unavailable",
     "not_ready",
