@@ -1,4 +1,4 @@
-//! Short chaos runs of the real binary (`stockring chaos`): real node processes, real
+//! Short chaos runs (20 s each) of the real binary (`stockring chaos`): real node processes, real
 //! `kill -9` / SIGSTOP, real network partitions between network namespaces when this machine
 //! allows them. Each must end with a clean verdict. Longer runs: see README ("Chaos").
 
@@ -56,7 +56,7 @@ fn process_faults_leave_a_clean_history() {
         "--seeds",
         "3",
         "--duration",
-        "14s",
+        "20s",
         "--rate",
         "120",
         "--clients",
@@ -85,7 +85,7 @@ fn partitions_leave_a_clean_history() {
         "--seeds",
         "3",
         "--duration",
-        "14s",
+        "20s",
         "--rate",
         "120",
         "--clients",

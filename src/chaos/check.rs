@@ -8,16 +8,22 @@
 //!
 //! Per key (keys share nothing, so a history is linearizable iff each key's part is: Herlihy
 //! and Wing's locality, "P-compositionality" in Porcupine):
-//! 1. [`prepare`]: drop reads that never answered (they change nothing), merge retries, number
-//!    the ids densely;
-//! 2. [`search`]: Wing–Gong / Lowe (WGL) with memoization, as in Porcupine and Lowe's "Testing
-//!    for linearizability" (2017);
-//! 3. [`direct_checks`]: C1 on every answer, replays against first answers, and bounds on every
-//!    read that count each id's effect once (conservation).
+//! 1. `direct_checks`: C1 on every answer, replays against first answers, and bounds on every
+//!    read that count each id's effect once (conservation);
+//! 2. `prepare`: drop reads that never answered (they change nothing), merge retries, move
+//!    unknown calls past the reads that show they had not landed yet, number the ids densely;
+//! 3. `search`: Wing–Gong / Lowe (WGL) with memoization, as in Porcupine and Lowe's "Testing
+//!    for linearizability" (2017), plus rules that keep unknown calls from making it
+//!    exponential without making it incomplete (see the search section).
+//!
+//! A key is `Linearizable` only when the search found an order; `Violation` when it proved
+//! there is none (it tried every order that matters) or a direct check failed; `Undecided`
+//! when its budget ran out first.
 
 use super::history::{Answer, Call, Op};
 use crate::limits::MAX_STOCK;
 use serde::Serialize;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -136,6 +142,9 @@ pub struct KeyStats {
     pub retries_merged: usize,
     /// Reads that never answered (dropped: they change nothing).
     pub unknown_reads_dropped: usize,
+    /// Unknown reserves and receipts the reads show landed only after some read, if at all
+    /// (their invocation is moved there; see `narrow_unknowns`).
+    pub unknown_deferred: usize,
     /// Search states visited.
     pub states: u64,
     pub elapsed_ms: u64,
@@ -219,12 +228,18 @@ pub fn check(calls: &[Call], budget_per_key: Duration) -> Report {
     for (key, mut calls) in by_key {
         calls.sort_by_key(|c| (c.invoke_us, c.index));
         let started = Instant::now();
-        let findings = direct_checks(key, &calls);
-        let history = prepare(&calls);
+        let bounds = read_bounds(&calls);
+        let findings = direct_checks(key, &calls, &bounds);
+        let history = prepare(&calls, &bounds);
         let outcome = search(&history, budget_per_key);
         let verdict = match outcome.result {
             SearchResult::Linearizable => KeyVerdict::Linearizable,
-            SearchResult::Undecided(reason) => KeyVerdict::Undecided { reason },
+            // A finding proves a violation (every correct history passes the direct checks),
+            // so a search that ran out of time does not make the key undecided.
+            SearchResult::Undecided(_, best) if !findings.is_empty() => {
+                KeyVerdict::Violation(violation(key, &history, best, &findings))
+            }
+            SearchResult::Undecided(reason, _) => KeyVerdict::Undecided { reason },
             SearchResult::Violation(best) => {
                 KeyVerdict::Violation(violation(key, &history, best, &findings))
             }
@@ -645,7 +660,7 @@ struct KeyHistory<'a> {
 
 /// Drops unanswered reads, merges retries and numbers the ids. `calls` are one key's, in
 /// invocation order.
-fn prepare<'a>(calls: &[&'a Call]) -> KeyHistory<'a> {
+fn prepare<'a>(calls: &[&'a Call], bounds: &[ReadBounds]) -> KeyHistory<'a> {
     let mut stats = KeyStats {
         calls: calls.len(),
         ..KeyStats::default()
@@ -693,6 +708,7 @@ fn prepare<'a>(calls: &[&'a Call]) -> KeyHistory<'a> {
             given: last.answer().map(Reply::of),
         });
     }
+    narrow_unknowns(&mut entries, bounds, &mut stats);
     stats.searched = entries.len();
     stats.answered = entries.iter().filter(|e| e.ret_us.is_some()).count();
     stats.unknown = stats.searched - stats.answered;
@@ -702,6 +718,72 @@ fn prepare<'a>(calls: &[&'a Call]) -> KeyHistory<'a> {
         n_ops: op_ids.len(),
         stats,
     }
+}
+
+/// Moves an unknown reserve or receipt to the earliest time it can have landed, as the reads
+/// show: a call that never landed otherwise stays a candidate from its invocation to the end,
+/// and the search pays for every place it could go.
+///
+/// A reserve qualifies when nothing can end its hold or read its record after it lands: the
+/// only other calls on its id found no reservation (`unknown_reservation`), so they all came
+/// before it. Then, had it landed before some read, as a hold, that read shows at least the
+/// read's lower bound (`read_bounds`, which cannot count it: it never answered) plus its qty;
+/// and landing as a refusal nothing reads is the same as not landing. So it landed after every
+/// read that shows less. A receipt with no other call on its id likewise landed after every
+/// read whose on_hand is below the bound plus its qty. Every valid order keeps these calls
+/// within the narrowed intervals, so the verdict is the same. The entries stay in invocation
+/// order.
+fn narrow_unknowns(entries: &mut [Entry], bounds: &[ReadBounds], stats: &mut KeyStats) {
+    let mut named: HashMap<IdRef, Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(id) = e.op.ids() {
+            named.entry(id).or_default().push(i);
+        }
+    }
+    for i in 0..entries.len() {
+        let e = &entries[i];
+        let Some(id) = e.op.ids().filter(|_| e.ret_us.is_none()) else {
+            continue;
+        };
+        let mut others = named[&id].iter().filter(|&&j| j != i).map(|&j| &entries[j]);
+        let mut earliest = e.invoke_us;
+        match e.op {
+            MOp::Reserve { qty, .. } => {
+                let mut found_nothing = true;
+                for o in others {
+                    found_nothing &=
+                        matches!(o.given, Some(Reply::Refused(Code::UnknownReservation, _)));
+                    earliest = earliest.max(o.invoke_us);
+                }
+                if !found_nothing {
+                    continue;
+                }
+                for b in bounds
+                    .iter()
+                    .filter(|b| b.reserved < b.reserved_lo.saturating_add(qty))
+                {
+                    earliest = earliest.max(b.read.invoke_us);
+                }
+            }
+            MOp::Receive { qty, .. } => {
+                if others.next().is_some() {
+                    continue;
+                }
+                for b in bounds
+                    .iter()
+                    .filter(|b| b.on_hand < b.on_hand_lo.saturating_add(qty))
+                {
+                    earliest = earliest.max(b.read.invoke_us);
+                }
+            }
+            _ => continue,
+        }
+        if earliest > e.invoke_us {
+            entries[i].invoke_us = earliest;
+            stats.unknown_deferred += 1;
+        }
+    }
+    entries.sort_by_key(|e| (e.invoke_us, e.call.index));
 }
 
 /// Merges each unknown mutating call into the next call on the key with an identical `Op`
@@ -770,9 +852,11 @@ fn merge_retries<'a>(calls: &[&'a Call]) -> Vec<Vec<&'a Call>> {
 // fingerprints (XOR of a random word per placed call; the ledger's own hash).
 //
 // Plain WGL is exponential in the unknown calls that never took effect: they stay candidates
-// to the end, and every time the search backs up through a frame it tried every subset of
-// them there. Three rules keep it to what can matter, each keeping the search complete (it
-// finds an order whenever one exists), so an exhausted search is still a proof:
+// to the end, and every time the search backed up through a frame it tried every subset of
+// them there. The rules below keep it to what can matter. Each only drops orders for which an
+// equivalent one (same calls, same answers, same final state) is still tried, so the search
+// stays complete: an exhausted search is a proof. (`agrees_with_brute_force_on_small_histories`
+// checks this against a search without any of them.)
 //
 // 1. A free step (`only_free_step`): an answered call that fits now and changes nothing is
 //    placed without trying alternatives.
@@ -787,8 +871,15 @@ fn merge_retries<'a>(calls: &[&'a Call]) -> Vec<Vec<&'a Call>> {
 //    calls placed now and followed by `a` means either `a` does not fit now and the pending
 //    unknown calls can make it fit, or `a` fits now and some of them decide differently when
 //    `a` goes first: only a reserve's held-or-refused decision depends on other ids (through
-//    `available`), so that needs a pending reserve whose quantity lies where `a`'s change of
-//    `available` moves the decision. `worth_unknowns` over-approximates both.
+//    `available`), and a receipt's at the stock limit, so that needs such a call whose
+//    quantity lies where `a` moves the decision. `worth_unknowns` over-approximates both.
+// 4. Within a run of unknown calls, two adjacent ones that commute (the same state either way)
+//    are only tried in index order (`commutes`).
+// 5. Of pending unknown reserves (or receipts) of the same quantity on ids nothing else names
+//    any more, only the first is tried: they are interchangeable (`twin_class`).
+//
+// Before the search, `narrow_unknowns` moves unknown calls past the reads that show they had
+// not landed yet, which keeps most of the ones that never landed out of the way.
 
 /// Identity hasher: the memo's keys are fingerprints already.
 #[derive(Default)]
@@ -813,7 +904,8 @@ type Memo = HashSet<(u128, u128), BuildHasherDefault<Fingerprinted>>;
 enum SearchResult {
     Linearizable,
     Violation(Best),
-    Undecided(String),
+    /// Out of budget, with the deepest point reached so far.
+    Undecided(String, Best),
 }
 
 struct SearchOutcome {
@@ -982,13 +1074,13 @@ fn search(history: &KeyHistory, budget: Duration) -> SearchOutcome {
     let mut steps: u64 = 0;
     loop {
         // The clock is read every 256 steps, and on the first: a zero budget decides nothing.
-        if steps % 256 == 0 && started.elapsed() > budget {
+        if steps.is_multiple_of(256) && started.elapsed() > budget {
             let reason = format!(
                 "search budget {budget:?} spent after {states} states; deepest prefix {} of {} answered calls",
                 best.depth, history.stats.answered
             );
             return SearchOutcome {
-                result: SearchResult::Undecided(reason),
+                result: SearchResult::Undecided(reason, best),
                 states,
             };
         }
@@ -1238,6 +1330,10 @@ impl Search<'_> {
         if op.ids().is_some_and(|id| pool.touches(id)) {
             return true;
         }
+        // A pending receipt refused at the stock limit before `a` may fit after it, or back.
+        if change.is_some_and(|c| c.d_on_hand != 0) && pool.may_reach_stock_limit(&self.ledger) {
+            return true;
+        }
         let moved = change.map_or(0, |c| c.d_on_hand - c.d_reserved);
         if moved == 0 {
             return false;
@@ -1256,7 +1352,7 @@ impl Search<'_> {
             let visible = if moved > 0 {
                 self.unplaced_res[r as usize] > 1
             } else {
-                pool.gives_back
+                pool.gives_back()
             };
             decided_differently && visible
         })
@@ -1308,80 +1404,97 @@ impl MOp {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum IdRef {
     Res(u32),
     Op(u32),
 }
 
 /// What the pending unknown calls could change together: for `on_hand`, `reserved` and
-/// `available`, every sum of at most one possible change per call (subset sums, as bitsets).
+/// `available`, every sum of at most one possible change per call (subset sums, as bitsets,
+/// built on first use: most frames never need them).
 struct Pool {
     ids: Vec<IdRef>,
     /// Pending reserves: (id, qty).
     reserves: Vec<(u32, i64)>,
-    /// Some pending call could raise `available` (a receipt, a release).
-    gives_back: bool,
+    /// Each call's possible changes, as (call, d_on_hand, d_reserved): a reserve's hold, a
+    /// receipt, a commit or release of a hold held now or one a pending reserve could make.
+    changes: Vec<(u32, i64, i64)>,
     /// Largest receipt pending (for `stock_limit`).
     receipts: i64,
-    on_hand: Option<Sums>,
-    reserved: Option<Sums>,
-    available: Option<Sums>,
+    on_hand: OnceCell<Option<Sums>>,
+    reserved: OnceCell<Option<Sums>>,
+    available: OnceCell<Option<Sums>>,
 }
 
 impl Pool {
     fn new(s: &Search, pending: &[u32]) -> Pool {
-        let ops: Vec<MOp> = pending.iter().map(|&e| s.entries[e as usize].op).collect();
-        let reserves: Vec<(u32, i64)> = ops
-            .iter()
-            .filter_map(|op| match *op {
+        let ops = || pending.iter().map(|&e| s.entries[e as usize].op);
+        let reserves: Vec<(u32, i64)> = ops()
+            .filter_map(|op| match op {
                 MOp::Reserve { r, qty } => Some((r, qty)),
                 _ => None,
             })
             .collect();
-        // Each call's possible (d_on_hand, d_reserved): a commit or release of a hold held
-        // now, or of one a pending reserve could make.
-        let held = |r: u32| -> Vec<i64> {
+        let mut changes = Vec::with_capacity(pending.len());
+        for (i, op) in ops().enumerate() {
+            let i = i as u32;
+            let (r, commit) = match op {
+                MOp::Reserve { qty, .. } => {
+                    changes.push((i, 0, qty));
+                    continue;
+                }
+                MOp::Receive { qty, .. } => {
+                    changes.push((i, qty, 0));
+                    continue;
+                }
+                MOp::Read => continue,
+                MOp::Commit { r } => (r, true),
+                MOp::Release { r } => (r, false),
+            };
             let slot = s.ledger.res[r as usize];
+            let mut push = |q: i64| changes.push((i, if commit { -q } else { 0 }, -q));
             match slot.hold {
-                Hold::Held => vec![slot.qty],
-                Hold::Unseen => reserves.iter().filter(|x| x.0 == r).map(|x| x.1).collect(),
-                _ => Vec::new(),
+                Hold::Held => push(slot.qty),
+                Hold::Unseen => reserves.iter().filter(|x| x.0 == r).for_each(|x| push(x.1)),
+                _ => {}
             }
-        };
-        let changes: Vec<Vec<(i64, i64)>> = ops
-            .iter()
-            .map(|op| match *op {
-                MOp::Reserve { qty, .. } => vec![(0, qty)],
-                MOp::Receive { qty, .. } => vec![(qty, 0)],
-                MOp::Commit { r } => held(r).into_iter().map(|q| (-q, -q)).collect(),
-                MOp::Release { r } => held(r).into_iter().map(|q| (0, -q)).collect(),
-                MOp::Read => Vec::new(),
-            })
-            .collect();
-        let project = |f: fn((i64, i64)) -> i64| {
-            let options: Vec<Vec<i64>> = changes
-                .iter()
-                .map(|c| c.iter().map(|&d| f(d)).filter(|&d| d != 0).collect())
-                .collect();
-            Sums::new(&options)
-        };
+        }
         Pool {
-            ids: ops.iter().filter_map(|op| op.ids()).collect(),
-            gives_back: changes.iter().flatten().any(|&(o, r)| o - r > 0),
-            receipts: ops
-                .iter()
-                .map(|op| match *op {
+            ids: ops().filter_map(MOp::ids).collect(),
+            receipts: ops()
+                .map(|op| match op {
                     MOp::Receive { qty, .. } => qty,
                     _ => 0,
                 })
                 .max()
                 .unwrap_or(0),
             reserves,
-            on_hand: project(|(o, _)| o),
-            reserved: project(|(_, r)| r),
-            available: project(|(o, r)| o - r),
+            changes,
+            on_hand: OnceCell::new(),
+            reserved: OnceCell::new(),
+            available: OnceCell::new(),
         }
+    }
+
+    fn on_hand(&self) -> &Option<Sums> {
+        self.on_hand
+            .get_or_init(|| Sums::new(&self.changes, |o, _| o))
+    }
+
+    fn reserved(&self) -> &Option<Sums> {
+        self.reserved
+            .get_or_init(|| Sums::new(&self.changes, |_, r| r))
+    }
+
+    fn available(&self) -> &Option<Sums> {
+        self.available
+            .get_or_init(|| Sums::new(&self.changes, |o, r| o - r))
+    }
+
+    /// Some pending call could raise `available` (a receipt, a release).
+    fn gives_back(&self) -> bool {
+        self.changes.iter().any(|&(_, o, r)| o - r > 0)
     }
 
     fn touches(&self, id: IdRef) -> bool {
@@ -1389,24 +1502,24 @@ impl Pool {
     }
 
     fn reaches(&self, d_on_hand: i64, d_reserved: i64) -> bool {
-        Sums::has(&self.on_hand, d_on_hand)
-            && Sums::has(&self.reserved, d_reserved)
-            && Sums::has(&self.available, d_on_hand - d_reserved)
+        Sums::has(self.available(), d_on_hand - d_reserved)
+            && Sums::has(self.reserved(), d_reserved)
+            && Sums::has(self.on_hand(), d_on_hand)
     }
 
     fn reaches_available(&self, d: i64) -> bool {
-        Sums::has(&self.available, d)
+        Sums::has(self.available(), d)
     }
 
     /// The `available` the pending calls can lead to, `None` when too wide to track.
     fn available_range(&self, l: &Ledger) -> Option<(i64, i64)> {
-        let a = self.available.as_ref()?;
+        let a = self.available().as_ref()?;
         let now = l.on_hand - l.reserved;
         Some((now + a.min(), now + a.max()))
     }
 
     fn may_reach_stock_limit(&self, l: &Ledger) -> bool {
-        let most = self.on_hand.as_ref().map_or(i64::MAX, Sums::max);
+        let most = self.on_hand().as_ref().map_or(i64::MAX, Sums::max);
         l.on_hand.saturating_add(most).saturating_add(self.receipts) > MAX_STOCK as i64
     }
 }
@@ -1422,15 +1535,14 @@ struct Sums {
 impl Sums {
     const MAX_WIDTH: i64 = 1 << 16;
 
-    fn new(options: &[Vec<i64>]) -> Option<Sums> {
-        let down: i64 = options
-            .iter()
-            .map(|o| o.iter().map(|&d| (-d).max(0)).max().unwrap_or(0))
-            .sum();
-        let up: i64 = options
-            .iter()
-            .map(|o| o.iter().map(|&d| d.max(0)).max().unwrap_or(0))
-            .sum();
+    /// From options `(item, d_on_hand, d_reserved)`, grouped by item, projected by `f`.
+    fn new(options: &[(u32, i64, i64)], f: fn(i64, i64) -> i64) -> Option<Sums> {
+        let (mut down, mut up) = (0i64, 0i64);
+        for item in options.chunk_by(|a, b| a.0 == b.0) {
+            let ds = item.iter().map(|&(_, o, r)| f(o, r));
+            down = down.checked_add(ds.clone().map(|d| (-d).max(0)).max().unwrap_or(0))?;
+            up = up.checked_add(ds.map(|d| d.max(0)).max().unwrap_or(0))?;
+        }
         let width = down.checked_add(up)?.checked_add(1)?;
         if width > Self::MAX_WIDTH {
             return None;
@@ -1438,10 +1550,13 @@ impl Sums {
         let mut bits = vec![0u64; (width as usize).div_ceil(64)];
         bits[(down / 64) as usize] |= 1 << (down % 64);
         let mut next = bits.clone();
-        for o in options.iter().filter(|o| !o.is_empty()) {
+        for item in options.chunk_by(|a, b| a.0 == b.0) {
             next.copy_from_slice(&bits);
-            for &d in o {
-                shift_or(&mut next, &bits, d);
+            for &(_, o, r) in item {
+                let d = f(o, r);
+                if d != 0 {
+                    shift_or(&mut next, &bits, d);
+                }
             }
             std::mem::swap(&mut bits, &mut next);
         }
@@ -1595,11 +1710,11 @@ fn suspect(findings: &[Finding], stuck: &[StuckCall]) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// The checks that name a guarantee. `calls` are one key's, in invocation order.
-fn direct_checks(key: &str, calls: &[&Call]) -> Vec<Finding> {
+fn direct_checks(key: &str, calls: &[&Call], bounds: &[ReadBounds]) -> Vec<Finding> {
     let mut out = Vec::new();
     no_oversell(key, calls, &mut out);
     replays(key, calls, &mut out);
-    conservation(key, calls, &mut out);
+    conservation(key, bounds, &mut out);
     out
 }
 
@@ -1765,8 +1880,19 @@ struct Reservation {
     committed: Window,
 }
 
-/// Conservation (C2, C3), checked on every answered read. Each id's effect counts once, and a
-/// read's figures must lie within what the calls allow at some point of its interval:
+/// What a read showed, and the bounds every correct history keeps it in (see `read_bounds`).
+struct ReadBounds<'a> {
+    read: &'a Call,
+    on_hand: i64,
+    reserved: i64,
+    reserved_lo: i64,
+    reserved_hi: i64,
+    on_hand_lo: i64,
+    on_hand_hi: i64,
+}
+
+/// Bounds on every answered read of one key, counting each id's effect once. A read's figures
+/// must lie within what the calls allow at some point of its interval:
 /// - reserved >= Σ qty of holds acknowledged before the read began that no commit or release
 ///   (answered done, or unknown) invoked before the read answered could have ended;
 /// - reserved <= Σ qty of holds that may have been made before the read answered (acknowledged
@@ -1778,9 +1904,7 @@ struct Reservation {
 ///
 /// Sound for any correct history: a receipt or commit acknowledged before the read began took
 /// effect before every point of it; one invoked after the read answered took effect after.
-/// A breach on the last read (greatest invocation) is a lasting one (C2 or C3); a breach only
-/// on earlier reads, which a later read does not repeat, is a stale read (C4).
-fn conservation(key: &str, calls: &[&Call], out: &mut Vec<Finding>) {
+fn read_bounds<'a>(calls: &[&'a Call]) -> Vec<ReadBounds<'a>> {
     let mut receipts: HashMap<&str, Receipt> = HashMap::new();
     let mut holds: HashMap<&str, Reservation> = HashMap::new();
     let mut reads = Vec::new();
@@ -1830,49 +1954,73 @@ fn conservation(key: &str, calls: &[&Call], out: &mut Vec<Finding>) {
     }
     let receipts: Vec<Receipt> = receipts.into_values().collect();
     let holds: Vec<Reservation> = holds.into_values().collect();
+    reads
+        .into_iter()
+        .map(|(read, on_hand, reserved)| {
+            let (inv, end) = (read.invoke_us, read.answered_at().unwrap_or(u64::MAX));
+            let (mut res_lo, mut res_hi, mut oh_lo, mut oh_hi) = (0i64, 0i64, 0i64, 0i64);
+            for r in &receipts {
+                let (lo, hi) = r.qty.range();
+                if r.applied.surely_before(inv) {
+                    oh_lo = oh_lo.saturating_add(lo);
+                }
+                if r.applied.maybe_before(end) {
+                    oh_hi = oh_hi.saturating_add(hi);
+                }
+            }
+            for h in &holds {
+                let (lo, hi) = h.qty.range();
+                let maybe_held = h.held.maybe_before(end);
+                if h.held.surely_before(inv) && !h.ended.maybe_before(end) {
+                    res_lo = res_lo.saturating_add(lo);
+                }
+                if maybe_held && !h.ended.surely_before(inv) {
+                    res_hi = res_hi.saturating_add(hi);
+                }
+                if maybe_held && h.committed.maybe_before(end) {
+                    oh_lo = oh_lo.saturating_sub(hi);
+                }
+                if h.committed.surely_before(inv) {
+                    oh_hi = oh_hi.saturating_sub(lo);
+                }
+            }
+            ReadBounds {
+                read,
+                on_hand,
+                reserved,
+                reserved_lo: res_lo,
+                reserved_hi: res_hi,
+                on_hand_lo: oh_lo,
+                on_hand_hi: oh_hi,
+            }
+        })
+        .collect()
+}
+
+/// Conservation (C2, C3): every read within its `read_bounds`. A breach on the last read
+/// (greatest invocation) is a lasting one (C2 or C3); a breach only on earlier reads, which a
+/// later read does not repeat, is a stale read (C4).
+fn conservation(key: &str, bounds: &[ReadBounds], out: &mut Vec<Finding>) {
     // Per direction: the reads that breach it, as (read, figure shown, bound).
     let mut breaches: [Vec<(&Call, i64, i64)>; 4] = Default::default();
-    for &(read, on_hand, reserved) in &reads {
-        let (inv, end) = (read.invoke_us, read.answered_at().unwrap_or(u64::MAX));
-        let (mut res_lo, mut res_hi, mut oh_lo, mut oh_hi) = (0i64, 0i64, 0i64, 0i64);
-        for r in &receipts {
-            let (lo, hi) = r.qty.range();
-            if r.applied.surely_before(inv) {
-                oh_lo = oh_lo.saturating_add(lo);
-            }
-            if r.applied.maybe_before(end) {
-                oh_hi = oh_hi.saturating_add(hi);
-            }
-        }
-        for h in &holds {
-            let (lo, hi) = h.qty.range();
-            let maybe_held = h.held.maybe_before(end);
-            if h.held.surely_before(inv) && !h.ended.maybe_before(end) {
-                res_lo = res_lo.saturating_add(lo);
-            }
-            if maybe_held && !h.ended.surely_before(inv) {
-                res_hi = res_hi.saturating_add(hi);
-            }
-            if maybe_held && h.committed.maybe_before(end) {
-                oh_lo = oh_lo.saturating_sub(hi);
-            }
-            if h.committed.surely_before(inv) {
-                oh_hi = oh_hi.saturating_sub(lo);
-            }
-        }
+    for b in bounds {
         let checks = [
-            (reserved < res_lo, reserved, res_lo),
-            (reserved > res_hi, reserved, res_hi),
-            (on_hand > oh_hi, on_hand, oh_hi),
-            (on_hand < oh_lo, on_hand, oh_lo),
+            (b.reserved < b.reserved_lo, b.reserved, b.reserved_lo),
+            (b.reserved > b.reserved_hi, b.reserved, b.reserved_hi),
+            (b.on_hand > b.on_hand_hi, b.on_hand, b.on_hand_hi),
+            (b.on_hand < b.on_hand_lo, b.on_hand, b.on_hand_lo),
         ];
         for (i, (breached, shown, bound)) in checks.into_iter().enumerate() {
             if breached {
-                breaches[i].push((read, shown, bound));
+                breaches[i].push((b.read, shown, bound));
             }
         }
     }
-    let Some(&(last, ..)) = reads.iter().max_by_key(|(c, ..)| (c.invoke_us, c.index)) else {
+    let Some(last) = bounds
+        .iter()
+        .map(|b| b.read)
+        .max_by_key(|c| (c.invoke_us, c.index))
+    else {
         return;
     };
     // (lasting guarantee, lasting kind, what the figure is, how it breaks the bound)

@@ -242,7 +242,7 @@ pub fn per_kind(figures: &[WindowFigures]) -> BTreeMap<String, KindFigures> {
 const W: f64 = 1200.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const LAT_TOP: f64 = 40.0;
+const LAT_TOP: f64 = 46.0;
 const LAT_H: f64 = 330.0;
 const RATE_TOP: f64 = 420.0;
 const RATE_H: f64 = 160.0;
@@ -270,12 +270,14 @@ pub fn svg(attempts: &[Attempt], windows: &[Window], title: &str) -> String {
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{LEFT}" y="20" font-size="14">{}</text>
+<text x="{LEFT}" y="14" font-size="14">{}</text>
 "##,
         escape(title)
     );
-    for w in windows {
+    for (i, w) in windows.iter().enumerate() {
         let (x0, x1) = (x(w.start_us), x(w.heal_us.max(w.start_us + 1)));
+        // Labels alternate between two rows so that close windows stay readable.
+        let label_y = LAT_TOP - 4.0 - 10.0 * (i % 2) as f64;
         let color = match w.kind.name() {
             "kill" | "kill-leader" => "#f4a0a0",
             "pause" => "#f7d08a",
@@ -286,7 +288,7 @@ pub fn svg(attempts: &[Attempt], windows: &[Window], title: &str) -> String {
             r##"<rect x="{x0:.1}" y="{LAT_TOP}" width="{:.1}" height="{:.1}" fill="{color}" fill-opacity="0.5"/><text x="{x0:.1}" y="{:.1}" font-size="9">{} {}</text>"##,
             (x1 - x0).max(1.0),
             RATE_TOP + RATE_H - LAT_TOP,
-            LAT_TOP - 4.0,
+            label_y,
             w.kind.name(),
             escape(&w.node)
         );
@@ -376,7 +378,7 @@ pub fn svg(attempts: &[Attempt], windows: &[Window], title: &str) -> String {
         s,
         r##"<polyline points="{}" fill="none" stroke="#1f5fbf"/><polyline points="{}" fill="none" stroke="#d00"/>
 <text x="4" y="{RATE_TOP}">{top} ops/s</text><text x="4" y="{:.1}">0</text>
-<text x="{LEFT}" y="{:.1}">latency of each operation (blue ok, grey refused, red unknown outcome, orange not connected)</text>
+<text x="{LEFT}" y="{:.1}">latency of each try (blue ok, grey refused by the ledger, red outcome unknown, orange nothing applied: connection refused or 503 vnode_unavailable)</text>
 <text x="{LEFT}" y="{:.1}">operations per second: answered (blue), unanswered (red); shaded: faults</text>
 </svg>"##,
         line(&ok),

@@ -324,6 +324,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Verdict> {
         seed,
     )
     .await;
+    for (name, status) in cluster.exited() {
+        problems.push(format!(
+            "{name} exited by itself ({status}) after healing: see {name}.log"
+        ));
+    }
     cluster.stop_all(Duration::from_secs(10));
 
     // Check.
@@ -470,6 +475,7 @@ async fn setup(sender: &Sender, targets: &[Target], plan: &Plan, problems: &mut 
         };
         let patience = Patience {
             attempts: 20,
+            refusals: 200,
             stop: None,
         };
         if workload::until_answered(
@@ -519,6 +525,7 @@ async fn final_reads(
     for (key, op) in unresolved {
         let patience = Patience {
             attempts: 10,
+            refusals: 30,
             stop: None,
         };
         let _ =
@@ -561,6 +568,7 @@ async fn final_reads(
             let op = ops.swap_remove(rng.gen_range(0..ops.len()));
             let patience = Patience {
                 attempts: 3,
+                refusals: 30,
                 stop: None,
             };
             let _ = workload::until_answered(

@@ -321,6 +321,9 @@ impl Plan {
 pub struct Patience<'a> {
     /// Attempts whose outcome stays unknown (same id each time).
     pub attempts: usize,
+    /// Attempts refused with nothing applied (connection refused, `vnode_unavailable`, ...):
+    /// the workload gives up on such an operation soon (nothing to resolve) and moves on.
+    pub refusals: usize,
     /// Give up after the current attempt once this is set.
     pub stop: Option<&'a AtomicBool>,
 }
@@ -335,10 +338,14 @@ pub async fn until_answered(
     patience: Patience<'_>,
     rng: &mut StdRng,
 ) -> Option<Answer> {
-    let Patience { attempts, stop } = patience;
+    let Patience {
+        attempts,
+        refusals,
+        stop,
+    } = patience;
     let mut tries = 0;
     let mut refused = 0;
-    while tries < attempts && refused < 50 {
+    while tries < attempts && refused < refusals {
         let target = &targets[rng.gen_range(0..targets.len())];
         match sender.send(client, target, key, op).await {
             Sent::Ended(End::Answered { answer, .. }) => return Some(answer),
@@ -430,14 +437,20 @@ pub async fn client(
         };
         let patience = Patience {
             attempts: plan.attempts,
+            refusals: 3,
             stop: Some(&stop),
         };
         let answer = until_answered(&sender, id, &targets, (&key, &op), patience, &mut rng).await;
-        if let Op::Reserve { id: rid, .. } = &op {
+        match (&op, answer) {
             // Held, or maybe held: either way it is worth a commit or release later.
-            if !matches!(answer, Some(Answer::Refused { .. })) {
-                holding.push((key, rid.clone()));
+            (Op::Reserve { id: rid, .. }, Some(Answer::Reserved { .. }) | None) => {
+                holding.push((key, rid.clone()))
             }
+            // A commit or release that got no answer: try it again later.
+            (Op::Commit { id: rid } | Op::Release { id: rid }, None) => {
+                holding.push((key, rid.clone()))
+            }
+            _ => {}
         }
     }
 }
