@@ -127,8 +127,22 @@ fn main() -> ExitCode {
         }),
         Command::Chaos(args) => {
             init_logging("warn");
-            match runtime().and_then(|rt| rt.block_on(stockring::chaos::run(args))) {
-                Ok(verdict) => {
+            // On Ctrl-C or SIGTERM the run is dropped, and with it (when the runtime shuts
+            // down) the tasks that own the node processes and the namespaces: their `Drop`
+            // kills the nodes and removes the network.
+            let outcome = runtime().and_then(|rt| {
+                rt.block_on(async {
+                    tokio::select! {
+                        verdict = stockring::chaos::run(args) => verdict.map(Some),
+                        () = shutdown_signal() => Ok(None),
+                    }
+                })
+            });
+            match outcome {
+                Ok(None) => Err(anyhow::anyhow!(
+                    "interrupted: the nodes were stopped and their network removed"
+                )),
+                Ok(Some(verdict)) => {
                     print!("{}", stockring::chaos::run::describe(&verdict));
                     return if verdict.clean {
                         ExitCode::SUCCESS

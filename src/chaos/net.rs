@@ -51,8 +51,56 @@ impl Netns {
         None
     }
 
+    /// Removes what runs that were killed (no `Drop`) left: namespaces, bridges and FORWARD
+    /// rules named `sr<pid>...` whose process is gone. Returns the tags it cleared.
+    pub fn clear_stale() -> Vec<String> {
+        let listed = Command::new("ip")
+            .args(["-o", "link", "show", "type", "bridge"])
+            .output();
+        let Ok(listed) = listed else {
+            return Vec::new();
+        };
+        let mut cleared = Vec::new();
+        for line in String::from_utf8_lossy(&listed.stdout).lines() {
+            // "12: sr7780br: <BROADCAST,...": the bridge's name is the second field.
+            let Some(name) = line.split(": ").nth(1) else {
+                continue;
+            };
+            let Some(pid) = name
+                .strip_prefix("sr")
+                .and_then(|rest| rest.strip_suffix("br"))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // A killed run whose parent never reaped it stays in /proc as a zombie ("Z").
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(") ")
+                    .next()
+                    .is_some_and(|s| !s.starts_with('Z'))
+            });
+            if alive && pid != std::process::id() % 10_000 {
+                continue;
+            }
+            let tag = format!("sr{pid}");
+            let stale = Netns {
+                bridge: name.to_owned(),
+                net: 0,
+                namespaces: (0..64).map(|i| format!("{tag}n{i}")).collect(),
+                forward_rule: true,
+                tag: tag.clone(),
+            };
+            drop(stale);
+            cleared.push(tag);
+        }
+        cleared
+    }
+
     /// A namespace per node on a bridge; node `i` gets 10.77.x.(10 + i).
     pub fn create(nodes: usize) -> anyhow::Result<Self> {
+        for tag in Self::clear_stale() {
+            println!("chaos: removed the network a killed run left ({tag}*)");
+        }
         let id = std::process::id() % 10_000;
         let tag = format!("sr{id}");
         let mut me = Self {
@@ -139,6 +187,15 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         for ns in &self.namespaces {
+            // Nodes a killed run left behind still live in its namespaces: stop them first.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                        // SAFETY: kill(2) has no memory preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
             let _ = sh(&["ip", "netns", "del", ns]);
         }
         let _ = sh(&["ip", "link", "del", &self.bridge]);
