@@ -14,6 +14,7 @@ mod mover;
 pub mod node;
 pub mod planner;
 pub mod raft;
+pub mod replication;
 pub mod ring;
 mod status;
 pub mod transport;
