@@ -4,6 +4,7 @@
 # with its replay command; exits non-zero if any failed.
 #
 #   simulations/sweep.sh [COUNT=60000] [FIRST=0]
+#   SIM=replication simulations/sweep.sh [COUNT] [FIRST]   # the replication simulation
 #
 # 60,000 seeds take under a minute on 2 cores (release build). Replay a failure with
 #   STOCKRING_SIM_SEED=<seed> cargo test --test simulations membership -- --nocapture
@@ -12,7 +13,12 @@ cd "$(dirname "$0")/.."
 count=${1:-60000}
 first=${2:-0}
 jobs=$(nproc 2>/dev/null || echo 2)
-cargo test --release --test simulations --no-run >/dev/null
+case "${SIM:-membership}" in
+  membership) target=simulations; test_fn=membership_and_handoff ;;
+  replication) target=replication; test_fn=replication_seeds ;;
+  *) echo "SIM must be membership or replication" >&2; exit 2 ;;
+esac
+cargo test --release --test "$target" --no-run >/dev/null
 out=$(mktemp -d)
 chunk=$(( (count + jobs - 1) / jobs ))
 pids=()
@@ -21,7 +27,7 @@ for j in $(seq 0 $((jobs - 1))); do
   n=$(( count - j * chunk )); [ "$n" -gt "$chunk" ] && n=$chunk
   [ "$n" -le 0 ] && break
   STOCKRING_SIM_SEEDS=$n STOCKRING_SIM_FIRST=$start \
-    cargo test --release --test simulations membership_and_handoff -- --nocapture \
+    cargo test --release --test "$target" "$test_fn" -- --nocapture \
     >"$out/chunk$j.log" 2>&1 &
   pids+=($!)
 done
@@ -29,7 +35,7 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
 grep -h "seeds in" "$out"/chunk*.log || true
 if [ $rc -ne 0 ]; then
-  grep -h "^SIMULATION FAILED" "$out"/chunk*.log || cat "$out"/chunk*.log
+  grep -h "SIMULATION FAILED" "$out"/chunk*.log || cat "$out"/chunk*.log
   echo "sweep FAILED (logs in $out)"
   exit 1
 fi

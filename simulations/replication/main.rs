@@ -136,13 +136,14 @@ fn a_replication_seed_replays_identically() {
 /// of 200 seeds catch each: the rates are in the README).
 const MUTANTS: &[(Mutant, u64, &str)] = &[
     (Mutant::AckAfterLocalSync, 0, "C2 violated"),
-    (Mutant::AcceptLowerEpoch, 12, "C2 violated"),
-    (Mutant::DropBeforeShrinkCommits, 1, "C2 violated"),
+    (Mutant::AcceptLowerEpoch, 2, "C2 violated"),
+    (Mutant::DropBeforeShrinkCommits, 0, "C2 violated"),
     (Mutant::PromoteOutOfSet, 0, "promotion from outside the set"),
-    (Mutant::TakeoverWithoutSeal, 1, "C2 violated"),
-    (Mutant::ResumeSameEpoch, 26, "C2 violated"),
-    (Mutant::ReadWithoutConfirm, 96, "stale read"),
-    (Mutant::AddWithoutMaximalSet, 17, "C2 violated"),
+    // Most seeds see it as a vnode that never gets its copies back; this one loses writes.
+    (Mutant::TakeoverWithoutSeal, 39, "C2 violated"),
+    (Mutant::ResumeSameEpoch, 2, "C2 violated"),
+    (Mutant::ReadWithoutConfirm, 29, "stale read"),
+    (Mutant::AddWithoutMaximalSet, 2, "C2 violated"),
 ];
 
 #[test]
@@ -161,7 +162,8 @@ fn replication_simulation_catches_broken_cores() {
     }
 }
 
-/// For each mutant, the seeds (of 0..`STOCKRING_SIM_SEEDS`, default 200) that catch it.
+/// For each mutant, the seeds (of 0..`STOCKRING_SIM_SEEDS`, default 200) that catch it
+/// (`STOCKRING_SIM_MUTANT=Name`: that mutant only, every catching seed listed).
 #[test]
 #[ignore]
 fn explore_replication_mutants() {
@@ -176,7 +178,11 @@ fn explore_replication_mutants() {
         Mutant::ReadWithoutConfirm,
         Mutant::AddWithoutMaximalSet,
     ];
+    let only = std::env::var("STOCKRING_SIM_MUTANT").ok();
     for mutant in all {
+        if only.as_ref().is_some_and(|m| *m != format!("{mutant:?}")) {
+            continue;
+        }
         let mut caught = Vec::new();
         for seed in 0..count {
             if let Err(e) = run_seed(Config {
@@ -184,7 +190,7 @@ fn explore_replication_mutants() {
                 ..Config::new(seed)
             }) {
                 let first: String = e.lines().next().unwrap_or("").chars().take(150).collect();
-                if caught.len() < 2 {
+                if caught.len() < 2 || only.is_some() {
                     println!("{mutant:?} {seed}: {first}");
                 }
                 caught.push(seed);

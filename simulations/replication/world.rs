@@ -236,6 +236,9 @@ pub struct World {
     committed: BTreeMap<Vnode, Vec<u64>>,
     /// Per vnode, each op's first acknowledgement as a client saw it (ms).
     acked_at: BTreeMap<Vnode, BTreeMap<u64, u64>>,
+    /// Every read sent: (client, request) -> when it was invoked; checked when a node
+    /// answers it, whether or not its client still waits.
+    reads_invoked: BTreeMap<(usize, Tag), u64>,
     /// Ops of vnodes whose every copy was wiped (reported `lost`): excused from C2.
     lost: BTreeSet<Vnode>,
     pub stats: Stats,
@@ -297,6 +300,7 @@ impl World {
             next_op: 1,
             committed: BTreeMap::new(),
             acked_at: BTreeMap::new(),
+            reads_invoked: BTreeMap::new(),
             lost: BTreeSet::new(),
             stats: Stats {
                 seeds: 1,
@@ -367,7 +371,13 @@ impl World {
             1
         };
         for _ in 0..copies {
-            let delay = self.rng.gen_range(1..6);
+            // Mostly a LAN's few ms; now and then very late (a retransmission after a stall,
+            // a message from before a pause or a restart).
+            let delay = if self.rng.gen_range(0..100) == 0 {
+                self.rng.gen_range(100..1_000)
+            } else {
+                self.rng.gen_range(1..6)
+            };
             let at = self.now + delay;
             self.schedule(
                 at,
@@ -422,6 +432,13 @@ impl World {
                 };
                 if n.run != run || !n.up {
                     return;
+                }
+                if let Some(old) = n.disk.get(&vnode) {
+                    assert!(
+                        sealed.0 >= old.sealed.0,
+                        "seal went back on n{node}'s disk: v{vnode} {:?} -> {sealed:?}",
+                        old.sealed
+                    );
                 }
                 n.disk.insert(vnode, DurableCopy { log, sealed });
                 n.replica.handle_synced(vnode, generation, len, sealed, now);
@@ -661,6 +678,12 @@ impl World {
                         .expect("a read is answered by a primary");
                     self.check_primary(vnode, epoch, m, "answered a read");
                     self.observe_committed(vnode, &items, m, "read");
+                    let invoked = self
+                        .reads_invoked
+                        .get(&(c, req))
+                        .copied()
+                        .expect("a sent read");
+                    self.check_read(vnode, invoked, &items, m);
                     self.send(
                         Addr::Node(m),
                         Addr::Client(c),
@@ -719,6 +742,18 @@ impl World {
             assert!(
                 ids.insert(*op),
                 "C3 violated: v{vnode}: op {op} committed twice"
+            );
+        }
+    }
+
+    /// No stale read: a read shows every write a client saw acknowledged before the read was
+    /// invoked (C4).
+    fn check_read(&self, vnode: Vnode, invoked_ms: u64, items: &[u64], by: MemberId) {
+        let present: BTreeSet<u64> = items.iter().copied().collect();
+        for (op, at) in self.acked_at.get(&vnode).into_iter().flatten() {
+            assert!(
+                *at >= invoked_ms || present.contains(op),
+                "C4 violated: stale read of v{vnode} by n{by}, invoked at {invoked_ms} ms, misses op {op}, acknowledged at {at} ms"
             );
         }
     }
@@ -871,7 +906,10 @@ impl World {
         };
         let payload = match op {
             Op::Write { op } => Payload::Write { req, vnode, op },
-            Op::Read { .. } => Payload::Read { req, vnode },
+            Op::Read { invoked_ms } => {
+                self.reads_invoked.insert((c, req), invoked_ms);
+                Payload::Read { req, vnode }
+            }
         };
         self.send(Addr::Client(c), Addr::Node(to), payload);
         let timeout = self.clients[c].timeout_ms;
@@ -895,15 +933,9 @@ impl World {
                     .or_insert(now);
                 self.stats.writes_acked += 1;
             }
-            (Op::Read { invoked_ms }, ClientAnswer::Read(items)) => {
+            (Op::Read { .. }, ClientAnswer::Read(_)) => {
+                // Checked when the node answered (`check_read`).
                 self.stats.reads_answered += 1;
-                let present: BTreeSet<u64> = items.iter().copied().collect();
-                for (op, at) in self.acked_at.get(&vnode).into_iter().flatten() {
-                    assert!(
-                        *at >= *invoked_ms || present.contains(op),
-                        "C4 violated: stale read of v{vnode} invoked at {invoked_ms} ms misses op {op}, acknowledged at {at} ms"
-                    );
-                }
             }
             (Op::Read { .. }, _) => {}
             (Op::Write { .. }, answer) => {
@@ -1250,6 +1282,7 @@ fn describe(msg: &ReplicaMsg<u64>) -> String {
             epoch,
             agreed,
             tail,
+            ..
         } => format!(
             "Sealed v{vnode} e{epoch} agreed {agreed} tail {}",
             tail.len()

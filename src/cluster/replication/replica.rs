@@ -68,9 +68,13 @@ pub enum ReplicaMsg<T> {
     },
     /// `agreed`: the length of the prefix that agrees with the primary (a learner truncated
     /// its log to it); `tail`: its records beyond `from_len`, when asked to adopt.
+    /// `from_len` echoes the `Seal` it answers (a takeover attempt); `len` is the
+    /// member's log length before any truncation.
     Sealed {
         vnode: Vnode,
         epoch: u64,
+        from_len: u64,
+        len: u64,
         agreed: u64,
         tail: Vec<Record<T>>,
     },
@@ -142,15 +146,21 @@ pub enum ReplicaOutput<T, Tag> {
 pub struct NotServing;
 
 #[derive(Clone, Debug)]
-struct Takeover<T> {
+struct Takeover<T, Tag> {
     epoch: u64,
     members: Vec<MemberId>,
     from_len: u64,
     /// Per member: the length of its agreeing prefix and its records beyond `from_len`.
-    answers: BTreeMap<MemberId, (u64, Vec<Record<T>>)>,
+    answers: BTreeMap<MemberId, (u64, u64, Vec<Record<T>>)>,
     started_ms: u64,
     last_sent_ms: u64,
     shrink_proposed_ms: Option<u64>,
+    /// The seals went out: only once this node's own seal was durable, so that a crash in
+    /// between can never lead to a second takeover of the same epoch that peers have seen.
+    seals_sent: bool,
+    /// Writes still waiting from this node's lead of the previous epoch (the same primary
+    /// goes on after a shrink or an add): they commit in the new epoch.
+    carried: Vec<(u64, Tag)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -169,6 +179,7 @@ struct Peer {
 struct LearnerPeer {
     member: MemberId,
     incarnation: u64,
+    since: u64,
     sealed: bool,
     peer: Peer,
     add_proposed: bool,
@@ -192,7 +203,7 @@ struct Lead<Tag> {
 #[derive(Clone, Debug)]
 enum Role<T, Tag> {
     Backup,
-    Sealing(Takeover<T>),
+    Sealing(Takeover<T, Tag>),
     Primary(Lead<Tag>),
 }
 
@@ -226,6 +237,18 @@ pub struct Replica<T, Tag> {
 }
 
 const NOBODY: MemberId = MemberId::MAX;
+
+/// Who must confirm the epoch for a read: every member waited for, and a learner from the
+/// moment its `AddReplica` was proposed (it may be in a newer set this node has not seen, and
+/// then even its primary).
+fn confirmers<Tag>(lead: &Lead<Tag>) -> Vec<MemberId> {
+    let learner = lead
+        .learner
+        .as_ref()
+        .filter(|l| l.add_proposed)
+        .map(|l| l.member);
+    lead.members.keys().copied().chain(learner).collect()
+}
 
 /// A member owes records or a confirmation: true once it has owed them for `timeout` (and
 /// again every `timeout` while it still does), the moment to propose its removal.
@@ -406,7 +429,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             } else if c.sealed.0 < e.epoch {
                 self.begin_takeover(v, e.epoch, now_ms);
             } else if c.sealed == (e.epoch, me) && mutant == Mutant::ResumeSameEpoch {
-                self.become_primary(v, e.epoch, BTreeMap::new(), now_ms);
+                self.become_primary(v, e.epoch, BTreeMap::new(), Vec::new(), now_ms);
             }
             // Sealed by itself at this epoch but not leading it: a restart (see `reclaim`).
             // Sealed newer than these sets: they are old news; wait for newer ones.
@@ -464,6 +487,12 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
     }
 
     fn begin_takeover(&mut self, v: Vnode, epoch: u64, now_ms: u64) {
+        // The same primary going on (a shrink, an add) keeps its waiting writes: their
+        // records stay in its log and commit in the new epoch. Reads are refused (retried).
+        let carried = match &mut self.copy(v).role {
+            Role::Primary(lead) => std::mem::take(&mut lead.writes),
+            _ => Vec::new(),
+        };
         self.depose(v);
         let me = self.cfg.me;
         let members: Vec<MemberId> = self.sets.as_ref().map_or(Vec::new(), |s| {
@@ -475,7 +504,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
                 .collect()
         });
         if self.cfg.mutant == Mutant::TakeoverWithoutSeal {
-            self.become_primary(v, epoch, BTreeMap::new(), now_ms);
+            self.become_primary(v, epoch, BTreeMap::new(), carried, now_ms);
             return;
         }
         let c = self.copy(v);
@@ -483,14 +512,32 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         let from_len = c.log.len() as u64;
         c.role = Role::Sealing(Takeover {
             epoch,
-            members: members.clone(),
+            members,
             from_len,
             answers: BTreeMap::new(),
             started_ms: now_ms,
             last_sent_ms: now_ms,
             shrink_proposed_ms: None,
+            seals_sent: false,
+            carried,
         });
         self.request_sync(v);
+        self.send_seals_once_durable(v, now_ms);
+    }
+
+    /// Sends the takeover's seals once this node's own seal is on disk.
+    fn send_seals_once_durable(&mut self, v: Vnode, now_ms: u64) {
+        let c = self.copy(v);
+        let durable = c.sealed_durable == c.sealed;
+        let Role::Sealing(t) = &mut c.role else {
+            return;
+        };
+        if t.seals_sent || !durable {
+            return;
+        }
+        t.seals_sent = true;
+        t.last_sent_ms = now_ms;
+        let members = t.members.clone();
         for m in members {
             self.send_seal(v, m, true);
         }
@@ -499,10 +546,14 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
 
     fn send_seal(&mut self, v: Vnode, to: MemberId, adopt: bool) {
         let c = self.copy(v);
+        let from_len = match &c.role {
+            Role::Sealing(t) => t.from_len,
+            _ => c.log.len() as u64,
+        };
         let msg = ReplicaMsg::Seal {
             vnode: v,
             epoch: c.sealed.0,
-            from_len: c.log.len() as u64,
+            from_len,
             history: history(&c.log),
             adopt,
         };
@@ -514,7 +565,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         let c = self.copy(v);
         let Role::Sealing(t) = &c.role else { return };
         let all = t.members.iter().all(|m| t.answers.contains_key(m));
-        if !all || c.sealed_durable != c.sealed {
+        if !all || !t.seals_sent || c.sealed_durable != c.sealed {
             return;
         }
         let t = t.clone();
@@ -523,18 +574,19 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         let longest = t
             .answers
             .values()
-            .map(|(_, tail)| tail)
+            .map(|(_, _, tail)| tail)
             .max_by_key(|tail| tail.len())
             .cloned()
             .unwrap_or_default();
         let mut matched = BTreeMap::new();
-        for (m, (agreed, tail)) in &t.answers {
+        for (m, (len, agreed, tail)) in &t.answers {
             let common = tail
                 .iter()
                 .zip(&longest)
                 .take_while(|(a, b)| a == b)
                 .count();
-            if common < tail.len() || *agreed < t.from_len.min(*agreed) {
+            // In-set logs are prefixes of one another: a member agrees up to the shorter.
+            if common < tail.len() || *agreed != t.from_len.min(*len) {
                 self.anomalies.push(format!(
                     "v{v}: m{m}'s log is no prefix of the longest in the set"
                 ));
@@ -550,7 +602,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         if c.log.len() as u64 == t.from_len {
             c.log.extend(longest);
         }
-        self.become_primary(v, t.epoch, matched, now_ms);
+        self.become_primary(v, t.epoch, matched, t.carried, now_ms);
         self.request_sync(v);
     }
 
@@ -559,6 +611,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         v: Vnode,
         epoch: u64,
         matched: BTreeMap<MemberId, u64>,
+        carried: Vec<(u64, Tag)>,
         now_ms: u64,
     ) {
         let me = self.cfg.me;
@@ -591,7 +644,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             members: peers,
             learner: None,
             commit: 0,
-            writes: Vec::new(),
+            writes: carried,
             reads: Vec::new(),
             round: 0,
         });
@@ -607,7 +660,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             return;
         };
         let same = match (&lead.learner, learner) {
-            (Some(l), Some(n)) => l.member == n.member && l.incarnation == n.incarnation,
+            (Some(l), Some(n)) => l.member == n.member && l.since == n.since,
             (None, None) => true,
             _ => false,
         };
@@ -617,6 +670,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         lead.learner = learner.map(|l| LearnerPeer {
             member: l.member,
             incarnation: l.incarnation,
+            since: l.since,
             sealed: false,
             peer: Peer {
                 last_sent_ms: now_ms,
@@ -677,7 +731,8 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         let Role::Primary(lead) = &mut c.role else {
             return Err(NotServing);
         };
-        let round = if mutant == Mutant::ReadWithoutConfirm || lead.members.is_empty() {
+        let to = confirmers(lead);
+        let round = if mutant == Mutant::ReadWithoutConfirm || to.is_empty() {
             0
         } else {
             lead.round += 1;
@@ -686,7 +741,6 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         lead.reads.push((len, round, tag));
         if round > 0 {
             let epoch = lead.epoch;
-            let to: Vec<MemberId> = lead.members.keys().copied().collect();
             for m in to {
                 self.send(
                     m,
@@ -726,9 +780,11 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             ReplicaMsg::Sealed {
                 vnode,
                 epoch,
+                from_len,
+                len,
                 agreed,
                 tail,
-            } => self.on_sealed(from, vnode, epoch, agreed, tail, now_ms),
+            } => self.on_sealed(from, vnode, epoch, (from_len, len, agreed), tail, now_ms),
             ReplicaMsg::Replicate {
                 vnode,
                 epoch,
@@ -812,7 +868,12 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             self.depose(v);
         }
         let c = self.copy(v);
+        // A repeat of a seal already taken (resent, duplicated, late): since then this copy
+        // took records from that primary only, so nothing is cut; a late repeat must not cut
+        // records that arrived after the first one.
+        let repeat = c.sealed == (epoch, from);
         c.sealed = (epoch, from);
+        let len_before = c.log.len() as u64;
         // The longest prefix that agrees with the primary: same index and epoch.
         let mut agreed = (c.log.len() as u64).min(from_len);
         while agreed > 0 && epoch_at(&c.log, agreed) != epoch_in_history(primary_history, agreed) {
@@ -823,7 +884,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         } else {
             // Not asked to adopt (a learner), or diverged: what is past the agreeing prefix
             // was never acknowledged (the primary has every acknowledged record).
-            if (c.log.len() as u64) > agreed {
+            if (c.log.len() as u64) > agreed && !repeat {
                 c.log.truncate(agreed as usize);
                 c.generation += 1;
                 c.durable = c.durable.min(agreed);
@@ -834,6 +895,8 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         let reply = ReplicaMsg::Sealed {
             vnode: v,
             epoch,
+            from_len,
+            len: len_before,
             agreed,
             tail,
         };
@@ -846,14 +909,16 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         from: MemberId,
         v: Vnode,
         epoch: u64,
-        agreed: u64,
+        (from_len, len, agreed): (u64, u64, u64),
         tail: Vec<Record<T>>,
         now_ms: u64,
     ) {
         let c = self.copy(v);
         match &mut c.role {
-            Role::Sealing(t) if t.epoch == epoch && t.members.contains(&from) => {
-                t.answers.insert(from, (agreed, tail));
+            Role::Sealing(t)
+                if t.epoch == epoch && t.members.contains(&from) && t.from_len == from_len =>
+            {
+                t.answers.insert(from, (len, agreed, tail));
                 self.try_finish_takeover(v, now_ms);
             }
             Role::Primary(lead) if lead.epoch == epoch => {
@@ -975,13 +1040,17 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             },
         };
         if let Some(len) = len {
+            if len > peer.matched {
+                // Progress on records; confirmations alone do not clear a member that owes
+                // records (it could confirm for ever while never catching up).
+                peer.owing_since = None;
+            }
             peer.matched = peer.matched.max(len);
             peer.next = peer.next.max(len);
         }
         if let Some(round) = round {
             peer.confirmed = peer.confirmed.max(round);
         }
-        peer.owing_since = None;
         self.advance(v, now_ms);
         self.ship(v, now_ms, false);
     }
@@ -1076,6 +1145,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             if let Some(l) = &lead.learner {
                 if l.add_proposed && mutant != Mutant::AddWithoutMaximalSet {
                     commit = commit.min(l.peer.matched);
+                    confirmed = confirmed.min(l.peer.confirmed);
                 }
             }
         }
@@ -1092,7 +1162,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         // The learner has everything acknowledged so far: propose it, wait for it from now on.
         let mut propose = None;
         if let Some(l) = lead.learner.as_mut() {
-            if l.sealed && !l.add_proposed && l.peer.matched >= commit && l.peer.matched == len {
+            if l.sealed && !l.add_proposed && l.peer.matched >= commit {
                 l.add_proposed = true;
                 l.add_proposed_ms = now_ms;
                 propose = Some(SetCommand::AddReplica {
@@ -1100,6 +1170,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
                     epoch: lead.epoch,
                     member: l.member,
                     incarnation: l.incarnation,
+                    since: l.since,
                 });
             }
         }
@@ -1132,6 +1203,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         if sealed.0 >= c.sealed_durable.0 {
             c.sealed_durable = sealed;
         }
+        self.send_seals_once_durable(v, now_ms);
         self.flush_after_sync(v);
         self.advance(v, now_ms);
         self.try_finish_takeover(v, now_ms);
@@ -1223,6 +1295,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
                             epoch,
                             member: l.member,
                             incarnation: l.incarnation,
+                            since: l.since,
                         });
                     }
                     if !l.sealed && now_ms >= l.peer.last_sent_ms + resend_ms {

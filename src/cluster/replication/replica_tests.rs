@@ -321,3 +321,106 @@ fn a_new_primary_adopts_the_longest_log_of_its_set() {
         assert_eq!(items, vec![7], "m{m}: the longest log was adopted");
     }
 }
+
+#[test]
+fn a_takeover_seals_no_peer_before_its_own_seal_is_on_disk() {
+    let (mut net, mut s) = led(Mutant::None);
+    assert!(s.apply(&SetCommand::MemberDown { member: 0 }));
+    let new_primary = s.entry(0).primary();
+    let other = s.entry(0).replicas[1];
+    net.slow_disks.insert(new_primary);
+    net.publish(&s, &[1, 2]);
+    // Had it sealed the other member first, a crash now would restart it below the epoch the
+    // other member already refuses others at, and it would take the same epoch over twice.
+    assert_eq!(net.nodes[&other].sealed(0).0 .0, 1, "no seal sent yet");
+    assert_eq!(net.nodes[&new_primary].serving(0), None);
+    net.release_disks();
+    assert_eq!(net.nodes[&other].sealed(0).0, (2, new_primary));
+    assert_eq!(net.nodes[&new_primary].serving(0), Some(2));
+}
+
+#[test]
+fn a_late_repeat_of_a_seal_cuts_no_record_that_came_after_it() {
+    let mut learner: Node = Replica::new(config(1, Mutant::None));
+    let seal = ReplicaMsg::Seal {
+        vnode: 0,
+        epoch: 2,
+        from_len: 0,
+        history: Vec::new(),
+        adopt: false,
+    };
+    learner.handle_message(0, 101, seal.clone(), 1);
+    let records = (1..=3)
+        .map(|item| super::replica::Record { epoch: 2, item })
+        .collect();
+    let replicate = ReplicaMsg::Replicate {
+        vnode: 0,
+        epoch: 2,
+        prev_len: 0,
+        prev_epoch: 0,
+        records,
+    };
+    learner.handle_message(0, 101, replicate, 2);
+    // The primary resent its seal before the first answer reached it; the copy comes late.
+    learner.handle_message(0, 101, seal, 3);
+    assert_eq!(learner.log(0).len(), 3);
+}
+
+/// R=2, vnode 0 down to its primary (member 0) with member 2 catching up as a learner; member
+/// 0 proposes the add, the add commits and then member 0 is failed over to member 2, all
+/// before member 0 hears of any of it. A read on member 0 must not be answered.
+#[test]
+fn a_primary_that_proposed_an_add_confirms_reads_with_the_learner() {
+    let mut net = Net::new(Mutant::None);
+    let mut s = sets(2);
+    net.publish(&s, &[0, 1, 2]);
+    let remove = s.entry(0).replicas[1];
+    assert!(s.apply(&SetCommand::Shrink {
+        vnode: 0,
+        epoch: 1,
+        remove
+    }));
+    let learner = if remove == 1 { 2 } else { 1 };
+    assert!(s.apply(&SetCommand::BeginLearner {
+        vnode: 0,
+        member: learner
+    }));
+    net.publish(&s, &[0, 1, 2]);
+    net.nodes
+        .get_mut(&0)
+        .expect("node")
+        .append(0, 7, 1, 1)
+        .expect("primary");
+    net.pump();
+    assert!(net.committed(1));
+    let add = net
+        .answers
+        .iter()
+        .find_map(|(_, a)| match a {
+            ReplicaOutput::Propose(cmd @ SetCommand::AddReplica { .. }) => Some(cmd.clone()),
+            _ => None,
+        })
+        .expect("the caught-up learner is proposed");
+    assert!(s.apply(&add));
+    assert!(s.apply(&SetCommand::MemberDown { member: 0 }));
+    assert_eq!(s.entry(0).replicas, vec![learner]);
+    net.publish(&s, &[learner]);
+    net.nodes
+        .get_mut(&learner)
+        .expect("node")
+        .append(0, 8, 2, 2)
+        .expect("new primary");
+    net.pump();
+    assert!(net.committed(2), "the new primary took a write");
+    net.answers.clear();
+    net.nodes
+        .get_mut(&0)
+        .expect("node")
+        .read(0, 3, 3)
+        .expect("thinks it leads");
+    net.pump();
+    match net.answers.pop() {
+        Some((_, ReplicaOutput::Refused { tag: 3 })) => {}
+        other => panic!("a deposed primary answered {other:?}"),
+    }
+}

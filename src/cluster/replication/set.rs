@@ -53,6 +53,9 @@ pub struct SetMember {
 pub struct Learner {
     pub member: MemberId,
     pub incarnation: u64,
+    /// The sets' version this attempt began at: an `AddReplica` names it, so a late proposal
+    /// from an earlier attempt (whose primary may not have waited for this one) is refused.
+    pub since: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,7 @@ pub enum SetCommand {
         epoch: u64,
         member: MemberId,
         incarnation: u64,
+        since: u64,
     },
     /// A restarted primary never resumes at its old epoch: it asks for the next one for the
     /// vnodes it leads (each CAS on the epoch it had).
@@ -209,6 +213,7 @@ impl ReplicaSets {
                 let learner = Learner {
                     member: *member,
                     incarnation: m.incarnation,
+                    since: self.version + 1,
                 };
                 self.learners.insert(*vnode, learner);
                 true
@@ -229,7 +234,8 @@ impl ReplicaSets {
                 epoch,
                 member,
                 incarnation,
-            } => self.add_replica(*vnode, *epoch, *member, *incarnation),
+                since,
+            } => self.add_replica(*vnode, *epoch, (*member, *incarnation, *since)),
             SetCommand::Reclaim { member, vnodes } => {
                 let mut changed = false;
                 for (v, epoch) in vnodes {
@@ -338,14 +344,14 @@ impl ReplicaSets {
         true
     }
 
-    fn add_replica(&mut self, v: Vnode, epoch: u64, member: MemberId, incarnation: u64) -> bool {
+    fn add_replica(&mut self, v: Vnode, epoch: u64, learner: (MemberId, u64, u64)) -> bool {
+        let (member, incarnation, since) = learner;
         let Some(e) = self.vnodes.get(v as usize) else {
             return false;
         };
-        let is_learner = self
-            .learners
-            .get(&v)
-            .is_some_and(|l| l.member == member && l.incarnation == incarnation);
+        let is_learner = self.learners.get(&v).is_some_and(|l| {
+            l.member == member && l.incarnation == incarnation && l.since == since
+        });
         let current = self
             .members
             .get(&member)
@@ -492,13 +498,14 @@ mod tests {
         assert!(!s.apply(&shrink), "a repeat at the old epoch is refused");
         assert_eq!(s.entry(0).replicas, vec![e.primary()]);
         // Add back only through a learner of the current incarnation, at the current epoch.
-        let add = SetCommand::AddReplica {
+        let add = |since| SetCommand::AddReplica {
             vnode: 0,
             epoch: e.epoch + 1,
             member: backup,
             incarnation: 100 + backup as u64,
+            since,
         };
-        assert!(!s.apply(&add), "not a learner yet");
+        assert!(!s.apply(&add(s.version + 1)), "not a learner yet");
         let plan = s.plan();
         assert!(
             plan.iter().any(
@@ -511,14 +518,20 @@ mod tests {
             vnode: 0,
             member: backup
         }));
+        let since = s.learners[&0].since;
         let stale = SetCommand::AddReplica {
             vnode: 0,
             epoch: e.epoch,
             member: backup,
             incarnation: 100 + backup as u64,
+            since,
         };
         assert!(!s.apply(&stale), "an older epoch is refused");
-        assert!(s.apply(&add));
+        assert!(
+            !s.apply(&add(since - 1)),
+            "another learner attempt is refused"
+        );
+        assert!(s.apply(&add(since)));
         assert_eq!(s.entry(0).replicas, vec![e.primary(), backup]);
         assert_eq!(s.entry(0).epoch, e.epoch + 2);
     }
