@@ -399,6 +399,7 @@ fn spec(name: &str, incarnation: u64) -> MemberSpec {
         http_addr: format!("{name}:8080"),
         cluster_addr: format!("{name}:9090"),
         incarnation,
+        storage_id: 0,
     }
 }
 

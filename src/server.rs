@@ -75,6 +75,7 @@ pub async fn start_with_wall(config: Config, wall: Arc<dyn Wall>) -> anyhow::Res
     let in_flight = store::orders_in_flight(&conn, u64::MAX)?;
     let fences = store::load_fences(&conn)?;
     let map_floor = store::load_map_floor(&conn)?;
+    let storage_id = store::storage_id(&conn)?;
     let clock = Arc::new(NodeClock::new(wall, store::load_time_floor(&conn)?));
     let writer = Writer::start_with_window(
         conn,
@@ -121,7 +122,9 @@ pub async fn start_with_wall(config: Config, wall: Arc<dyn Wall>) -> anyhow::Res
     let http_addr = listener.local_addr()?;
     tracing::info!(%http_addr, data_dir = %config.data_dir.display(), "listening");
     let cluster = match config.cluster.enabled {
-        true => Some(start_cluster(&config, http_addr, &node, fences, map_floor).await?),
+        true => {
+            Some(start_cluster(&config, http_addr, &node, fences, map_floor, storage_id).await?)
+        }
         false => None,
     };
     let state = AppState::new(Services {
@@ -246,6 +249,7 @@ async fn start_cluster(
     node: &Node,
     fences: Vec<(u32, u64, u64, u64)>,
     map_floor: u64,
+    storage_id: u64,
 ) -> anyhow::Result<Arc<Cluster>> {
     let c = &config.cluster;
     let transport = RactorTransport::start(TransportConfig {
@@ -276,6 +280,7 @@ async fn start_cluster(
         transport.clone(),
         fences,
         map_floor,
+        storage_id,
     )
     .await
     .context("joining the cluster")?;

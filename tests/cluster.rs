@@ -1097,3 +1097,118 @@ async fn forwarding_and_orders_across_owners() {
     let got = same_everywhere(&cluster, &nodes, "/v1/orders/ord-ok").await;
     assert_eq!(got["status"], "committed", "{got}");
 }
+
+/// A node that comes back under its old name on an empty data dir (a lost or replaced disk)
+/// must not serve its vnodes as if it still held them: its `Join` carries another storage
+/// identity, the control plane refuses it, and the node does not take the vnodes its name
+/// owns. Its keys answer a retryable 503, never an empty stock nor a fresh "created" for an
+/// id that was acknowledged before (C2, C3). Replicas will rebuild such a node (issue 13);
+/// with one copy, its data is gone and the cluster says so instead of hiding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_on_an_empty_disk_does_not_serve_its_vnodes_empty() {
+    let _serial = SERIAL.lock().await;
+    let nodes = ["n1", "n2", "n3", "n4"];
+    let cluster = TestCluster::new(spec(&nodes));
+    start_nodes(&cluster, &nodes).await;
+    for n in nodes {
+        cluster
+            .wait_status(n, "n1..n4 up and balanced", CONVERGE, |s| {
+                balanced_over(s, &nodes)
+            })
+            .await;
+    }
+    let mut owned = None;
+    for i in 0..400 {
+        let sku = format!("disk-{i}");
+        if owner_of(&cluster, &nodes, &sku, "w1").await == "n4" {
+            owned = Some(sku);
+            break;
+        }
+    }
+    let sku = owned.expect("a key owned by n4");
+    let path = format!("/v1/stock/{sku}/w1");
+    let (s, v) = via(
+        &cluster,
+        "n1",
+        Method::PUT,
+        &path,
+        Some(&json!({ "on_hand": 10, "op_id": "init" })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let hold = json!({ "sku": sku, "warehouse": "w1", "qty": 4, "reservation_id": "disk-r1", "ttl_ms": TTL_MS });
+    let (s, first) = via(
+        &cluster,
+        "n1",
+        Method::POST,
+        "/v1/reservations",
+        Some(&hold),
+    )
+    .await;
+    assert_eq!(s, 201, "{first}");
+
+    cluster.kill9("n4");
+    std::fs::remove_dir_all(&cluster.def("n4").data_dir).expect("wipe n4's data dir");
+    cluster.spawn("n4");
+    // It answers HTTP but never becomes ready: it is not admitted.
+    let up = Instant::now() + CONVERGE;
+    let probe = reqwest::Client::new();
+    let ready_url = format!("{}/ready", cluster.base("n4"));
+    while probe.get(&ready_url).send().await.is_err() {
+        assert!(Instant::now() < up, "n4 does not answer HTTP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for its map polls and join attempts to have happened many times.
+    let until = Instant::now() + Duration::from_secs(6);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut answers = BTreeMap::<String, u64>::new();
+    while Instant::now() < until {
+        for n in nodes {
+            let stock = format!("{}{path}", cluster.base(n));
+            let r = cluster_support::send_once(&http, Method::GET, &stock, None).await;
+            match r {
+                Ok(cluster_support::Reply::Done(s, v)) => {
+                    assert_eq!(s, 503, "{n} answered GET {path} from an empty disk: {v}");
+                    *answers.entry(format!("GET {s} {}", v["code"])).or_default() += 1;
+                }
+                Ok(cluster_support::Reply::Retry { code, .. }) => {
+                    *answers.entry(format!("GET 503 {code}")).or_default() += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            let reserve = format!("{}/v1/reservations", cluster.base(n));
+            match cluster_support::send_once(&http, Method::POST, &reserve, Some(&hold)).await {
+                Ok(cluster_support::Reply::Done(s, v)) => {
+                    assert_eq!(
+                        s, 503,
+                        "{n} answered a replay of an acknowledged hold from an empty disk: {v}"
+                    );
+                    *answers
+                        .entry(format!("POST {s} {}", v["code"]))
+                        .or_default() += 1;
+                }
+                Ok(cluster_support::Reply::Retry { code, .. }) => {
+                    *answers.entry(format!("POST 503 {code}")).or_default() += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("answers for n4's key after its disk was lost: {answers:?}");
+    let ready = format!("{}/ready", cluster.base("n4"));
+    let (s, _) = match cluster_support::send_once(&http, Method::GET, &ready, None).await {
+        Ok(cluster_support::Reply::Done(s, v)) => (s, v),
+        Ok(cluster_support::Reply::Retry { code, .. }) => (503, json!(code)),
+        Err(e) => panic!("{e}"),
+    };
+    assert_ne!(s, 200, "n4 says it is ready");
+    let log = std::fs::read_to_string(&cluster.def("n4").log).unwrap_or_default();
+    assert!(
+        log.contains("storage replaced"),
+        "n4 does not say why it is refused"
+    );
+}

@@ -47,6 +47,12 @@ pub struct MemberSpec {
     /// copy, not a request to come back.
     #[serde(default)]
     pub incarnation: u64,
+    /// The identity of the node's database (`store::storage_id`; 0 where not reported: the
+    /// bootstrap list, logs written before it existed). Once recorded it never changes: a
+    /// `Join` under a known name with another one is a node whose disk was lost or replaced,
+    /// and it is refused, so the node never serves its vnodes empty.
+    #[serde(default)]
+    pub storage_id: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +239,17 @@ impl ControlState {
             }
             ControlCommand::Join(spec) => {
                 if let Some(m) = self.members.values_mut().find(|m| m.spec.name == spec.name) {
+                    let known = m.spec.storage_id;
+                    let replaced = known != 0 && spec.storage_id != known;
+                    if replaced && m.state != MemberState::Left {
+                        // Its disk is not the one that acknowledged its vnodes' writes (C2,
+                        // C3): it must not serve them as if it were.
+                        return Rejected(format!(
+                            "{}: storage replaced (the cluster knows disk {known:x}, this is \
+                             {:x}); its data is gone: restore its data dir, or remove it",
+                            spec.name, spec.storage_id
+                        ));
+                    }
                     let stale = spec.incarnation < m.spec.incarnation
                         || (spec.incarnation == m.spec.incarnation && m.state == MemberState::Left);
                     if stale {

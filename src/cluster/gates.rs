@@ -119,6 +119,7 @@ mod tests {
             http_addr: String::new(),
             cluster_addr: String::new(),
             incarnation: 0,
+            storage_id: 0,
         };
         let mut map = ControlState::default();
         map.apply(&ControlCommand::Bootstrap {

@@ -7,6 +7,7 @@ fn spec(name: &str) -> MemberSpec {
         http_addr: format!("{name}:80"),
         cluster_addr: format!("{name}:90"),
         incarnation: 0,
+        storage_id: 0,
     }
 }
 

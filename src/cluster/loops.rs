@@ -124,6 +124,7 @@ pub(super) async fn lead(cluster: Arc<Cluster>) {
                     http_addr: String::new(),
                     cluster_addr: addr.clone(),
                     incarnation: 0,
+                    storage_id: 0,
                 })
                 .collect();
             commands.push(ControlCommand::Bootstrap {

@@ -107,6 +107,7 @@ impl Cluster {
         transport: Arc<dyn Transport>,
         fences: Vec<Fence>,
         map_floor: u64,
+        storage_id: u64,
     ) -> anyhow::Result<Arc<Self>> {
         let seeds = config.seed_list()?;
         for (name, addr) in &seeds {
@@ -140,6 +141,7 @@ impl Cluster {
             cluster_addr: config.cluster_addr.clone(),
             // Larger on every start: tells this start's `Join` from a late copy of an older one.
             incarnation: node.now_ms().max(1),
+            storage_id,
         };
         let cluster = Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -235,8 +237,11 @@ impl Cluster {
         if self.node.writer().try_submit(floor).is_err() {
             return; // writer busy: the next poll brings the map again
         }
+        // A member of this name whose recorded disk is another one is not this node: it
+        // owns nothing here (its vnodes answer 503 until an operator decides).
         let me = map
             .member_by_name(&self.spec.name)
+            .filter(|m| m.spec.storage_id == 0 || m.spec.storage_id == self.spec.storage_id)
             .map_or(MemberId::MAX, |m| m.id);
         {
             // One critical section for the map, the gates and the receiver: an export request

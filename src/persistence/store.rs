@@ -426,6 +426,22 @@ pub fn load_map_floor(conn: &Connection) -> Result<u64, StorageError> {
 }
 
 pub const MAP_FLOOR: &str = "map_floor";
+pub const STORAGE_ID: &str = "storage_id";
+
+/// This database's identity: a random number made the first time a node opens it and kept in
+/// it for good. The cluster knows each member by name *and* by this, so a node restarted
+/// under its old name on an empty or replaced disk is recognised (a new identity), not
+/// trusted to hold what its name acknowledged (`ControlCommand::Join`). A backup carries it:
+/// restoring one is the operator's decision to take that copy as the node's disk.
+pub fn storage_id(conn: &Connection) -> Result<u64, StorageError> {
+    if let Some(id) = meta_value(conn, STORAGE_ID)? {
+        return Ok(id as u64);
+    }
+    // Positive and non-zero (0 means "not reported" in the control state).
+    let id = rand::random::<u64>() >> 2 | 1;
+    set_meta(conn, STORAGE_ID, id as i64)?;
+    Ok(id)
+}
 pub const TIME_FLOOR: &str = "time_floor";
 
 /// The node's stored time floor (0 if none): no time above it was served before.

@@ -216,6 +216,7 @@ fn spec(name: &str) -> MemberSpec {
         http_addr: format!("{name}:8080"),
         cluster_addr: format!("{name}:7070"),
         incarnation: 0,
+        storage_id: 0,
     }
 }
 
