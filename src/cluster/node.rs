@@ -99,6 +99,9 @@ impl RaftTransport for RaftOverTransport {
 impl Cluster {
     /// Joins the cluster: starts the control plane on a seed, takes the fences persisted
     /// before a restart, installs itself as the node's placement, and starts its loops.
+    // What the node read from its disk (fences, map floor, storage id) comes in as is; a
+    // struct for it is the next refactor of this shell.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         config: ClusterConfig,
         http_addr: String,
