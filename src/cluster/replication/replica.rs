@@ -843,6 +843,21 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         }
     }
 
+    /// A message of `epoch` from `from` that this copy's seal supersedes (a lower epoch, or the
+    /// same epoch from another sealer) is answered `Stale`; true if it was.
+    fn refuse_if_superseded(&mut self, v: Vnode, from: MemberId, epoch: u64) -> bool {
+        let sealed = self.copy(v).sealed;
+        if epoch < sealed.0 || (epoch == sealed.0 && sealed.1 != from) {
+            let stale = ReplicaMsg::Stale {
+                vnode: v,
+                epoch: sealed.0,
+            };
+            self.send(from, stale);
+            return true;
+        }
+        false
+    }
+
     fn on_seal(
         &mut self,
         from: MemberId,
@@ -852,19 +867,10 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
         primary_history: &[(u64, u64)],
         adopt: bool,
     ) {
-        let c = self.copy(v);
-        if epoch < c.sealed.0 || (epoch == c.sealed.0 && c.sealed.1 != from) {
-            let newer = c.sealed.0;
-            self.send(
-                from,
-                ReplicaMsg::Stale {
-                    vnode: v,
-                    epoch: newer,
-                },
-            );
+        if self.refuse_if_superseded(v, from, epoch) {
             return;
         }
-        if c.sealed.0 < epoch {
+        if self.copy(v).sealed.0 < epoch {
             self.depose(v);
         }
         let c = self.copy(v);
@@ -952,16 +958,7 @@ impl<T: Clone + Eq + std::fmt::Debug, Tag: Clone + std::fmt::Debug> Replica<T, T
             || (mutant == Mutant::AcceptLowerEpoch && epoch < c.sealed.0)
             || (mutant == Mutant::TakeoverWithoutSeal && epoch > c.sealed.0);
         if !accepts {
-            if epoch < c.sealed.0 || (epoch == c.sealed.0 && c.sealed.1 != from) {
-                let newer = c.sealed.0;
-                self.send(
-                    from,
-                    ReplicaMsg::Stale {
-                        vnode: v,
-                        epoch: newer,
-                    },
-                );
-            }
+            self.refuse_if_superseded(v, from, epoch);
             // A newer epoch that has not sealed this node yet: its seal will come first.
             return;
         }

@@ -161,6 +161,11 @@ impl ReplicaSets {
         &self.vnodes[v as usize]
     }
 
+    fn live_members(&self) -> Vec<MemberId> {
+        let live = self.members.iter().filter(|(_, m)| !m.down);
+        live.map(|(id, _)| *id).collect()
+    }
+
     pub fn is_live(&self, m: MemberId) -> bool {
         self.members.get(&m).is_some_and(|x| !x.down)
     }
@@ -258,12 +263,7 @@ impl ReplicaSets {
             _ => return false,
         }
         self.learners.retain(|_, l| l.member != member);
-        let live: Vec<MemberId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| !m.down)
-            .map(|(id, _)| *id)
-            .collect();
+        let live = self.live_members();
         for e in self.vnodes.iter_mut() {
             if !e.contains(member) || e.lost {
                 continue;
@@ -321,12 +321,7 @@ impl ReplicaSets {
             return false;
         }
         m.down = false;
-        let live: Vec<MemberId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| !m.down)
-            .map(|(id, _)| *id)
-            .collect();
+        let live = self.live_members();
         for e in self.vnodes.iter_mut() {
             // Its primary is down and no shrink happened while it was: this member has every
             // acknowledged record; it leads now (and takes over the next epoch).
